@@ -1,0 +1,278 @@
+"""VerifierChain and AnyOf: stages composed into one MCP ``TokenVerifier``.
+
+A chain runs its stages in order and stops at the first ``Rejected``. It is a
+stage itself, so chains nest; ``AnyOf`` tries alternatives (several issuers).
+``verify_token`` never raises: every failure becomes a ``Decision``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from time import perf_counter
+from types import TracebackType
+from typing import Any, ClassVar
+
+from mcp.server.auth.provider import AccessToken
+
+from fastapps_auth.clock import SYSTEM_CLOCK, Clock
+from fastapps_auth.component import Component, ComponentOptions
+from fastapps_auth.decision import Decision, StageTrace
+from fastapps_auth.errors import Rejected, TransientError
+from fastapps_auth.observer import Observer
+from fastapps_auth.request import RequestInfo, current_request
+from fastapps_auth.stage import Stage, StageOptions, Verification
+
+logger = logging.getLogger("fastapps_auth")
+
+#: Tokens longer than this are rejected before any stage sees them (stages may set lower limits).
+MAX_TOKEN_CHARS = 64 * 1024
+
+
+def _unavailable(stage: Stage[Any], exc: BaseException) -> Rejected:
+    retry = exc.retry_after if isinstance(exc, TransientError) and exc.retry_after else stage.retry_after
+    r = Rejected(
+        "unavailable",
+        "the authorization service is temporarily unavailable",
+        error="temporarily_unavailable",
+        status=503,
+        retry_after=retry,
+        transient=True,
+    )
+    r.stage = stage.name
+    return r
+
+
+def _log_failure(stage: Stage[Any], exc: BaseException, v: Verification, *, allowed: bool) -> None:
+    message = str(exc).replace(v.token, "<token>") if v.token else str(exc)
+    logger.warning(
+        "stage %r failed transiently (%s: %s); %s",
+        stage.name,
+        type(exc).__name__,
+        message[:300],
+        "failing open" if allowed else "denying with 503",
+    )
+
+
+async def run_stage(stage: Stage[Any], v: Verification) -> None:
+    """Run one stage with its trace entry and its ``on_error`` policy."""
+    if stage.composite:
+        await stage(v)
+        return
+    v.cache_hit = None
+    t0 = perf_counter()
+    try:
+        await stage(v)
+    except Rejected as r:
+        if r.stage is None:
+            r.stage = stage.name
+        v.trace.append(
+            StageTrace(
+                stage.name, "error-denied" if r.transient else "rejected", perf_counter() - t0, v.cache_hit, r.reason
+            )
+        )
+        raise
+    except Exception as exc:  # a transient failure, never a crash
+        allowed = stage.on_error == "allow" and not stage.authenticates
+        _log_failure(stage, exc, v, allowed=allowed)
+        duration = perf_counter() - t0
+        if allowed:
+            v.trace.append(
+                StageTrace(stage.name, "error-allowed", duration, v.cache_hit, "unavailable", type(exc).__name__)
+            )
+            v.failed_open.append(stage.name)
+            return
+        v.trace.append(StageTrace(stage.name, "error-denied", duration, v.cache_hit, "unavailable", type(exc).__name__))
+        raise _unavailable(stage, exc) from None
+    v.trace.append(StageTrace(stage.name, "passed", perf_counter() - t0, v.cache_hit))
+
+
+class ChainOptions(StageOptions):
+    """A chain's own options (only its name; its stages are given directly)."""
+
+
+class VerifierChain(Stage[ChainOptions]):
+    """Stages in order; the first ``Rejected`` stops the chain. Satisfies MCP's ``TokenVerifier``."""
+
+    plugin_name: ClassVar[str] = "chain"
+    options_model: ClassVar[type[ComponentOptions]] = ChainOptions
+    composite: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        *stages: Stage[Any],
+        observers: Sequence[Observer[Any]] = (),
+        clock: Clock | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(clock=clock, name=name or "chain")
+        for s in stages:
+            if not isinstance(s, Stage):
+                raise TypeError(f"VerifierChain takes stages; got {type(s).__name__} (observers go in observers=)")
+        for o in observers:
+            if not isinstance(o, Observer):
+                raise TypeError(f"observers must be Observer instances; got {type(o).__name__}")
+        self.stages: tuple[Stage[Any], ...] = stages
+        self.observers: tuple[Observer[Any], ...] = tuple(observers)
+        self.clock = clock or SYSTEM_CLOCK
+        self._closed = False
+
+    # -- the stage protocol (when nested) ------------------------------------------------
+
+    async def __call__(self, v: Verification) -> None:
+        for stage in self.stages:
+            await run_stage(stage, v)
+
+    # -- the public API ---------------------------------------------------------------------
+
+    async def evaluate(self, token: str, *, request: RequestInfo | None = None) -> Decision:
+        """Verify ``token`` and return the full ``Decision`` (with trace). Never raises."""
+        started = self.clock.time()
+        t0 = perf_counter()
+        raw = token if isinstance(token, str) else ""
+        v = Verification(raw, now=started, clock=self.clock, request=request or current_request.get())
+        try:
+            if not raw:
+                raise Rejected("missing_token", "no bearer token was presented")
+            if len(raw) > MAX_TOKEN_CHARS:
+                raise Rejected("token_too_large", "the token is too large")
+            await self(v)
+            if v.access_token is None:
+                raise Rejected("unauthenticated", "no stage authenticated the token")
+            decision = Decision(True, v.access_token)
+        except Rejected as r:
+            decision = Decision(
+                False,
+                None,
+                status=r.status,
+                stage=r.stage,
+                reason=r.reason,
+                error=r.error,
+                description=r.description,
+                retry_after=r.retry_after,
+                scope=r.scope,
+            )
+        except Exception as exc:  # a bug in a composite; still a decision, never a crash
+            logger.error("verification failed unexpectedly (%s)", type(exc).__name__, exc_info=True)
+            decision = Decision(
+                False,
+                None,
+                status=503,
+                stage=self.name,
+                reason="internal_error",
+                error="temporarily_unavailable",
+                description="the authorization service failed",
+                retry_after=self.retry_after,
+            )
+        decision.trace = v.trace
+        decision.failed_open = v.failed_open
+        decision.rate_limit = v.rate_limit
+        decision.request = v.request
+        decision.fingerprint = v.digest.hex()[:12] if raw else ""
+        decision.started_at = started
+        decision.duration = perf_counter() - t0
+        for observer in self.observers:
+            try:
+                observer(decision)
+            except Exception:
+                logger.exception("observer %r failed; the decision stands", observer.name)
+        return decision
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        """MCP ``TokenVerifier``: the ``AccessToken`` if allowed, else ``None``. Never raises."""
+        decision = await self.evaluate(token)
+        return decision.access_token if decision.allowed else None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def _components(self) -> list[Component[Any]]:
+        return [*self.stages, *self.observers]
+
+    async def start(self) -> None:
+        """Open every stage's resources now (pools, key sets) instead of on first use."""
+        await asyncio.gather(*(c.start() for c in self._components()))
+
+    async def aclose(self) -> None:
+        """Close every stage and observer; failures are logged, the rest still close."""
+        if self._closed:
+            return
+        self._closed = True
+        results = await asyncio.gather(*(c.aclose() for c in self._components()), return_exceptions=True)
+        for component, result in zip(self._components(), results, strict=True):
+            if isinstance(result, BaseException):
+                logger.warning("closing %r failed (%s)", component.name, type(result).__name__)
+
+    async def __aenter__(self) -> VerifierChain:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    def stats(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for c in self._components():
+            for key, value in c.stats().items():
+                out[f"{c.name}.{key}"] = value
+        return out
+
+
+class AnyOf(Stage[ChainOptions]):
+    """Alternatives: the first that accepts wins; if all reject, the rejection says why each did.
+
+    If none accepts and one failed transiently, the result is transient (503): the
+    alternative that could not be asked might have accepted.
+    """
+
+    plugin_name: ClassVar[str] = "any-of"
+    options_model: ClassVar[type[ComponentOptions]] = ChainOptions
+    composite: ClassVar[bool] = True
+
+    def __init__(self, *alternatives: Stage[Any], name: str | None = None, clock: Clock | None = None) -> None:
+        super().__init__(clock=clock, name=name or "any-of")
+        if not alternatives:
+            raise ValueError("AnyOf needs at least one alternative")
+        self.alternatives: tuple[Stage[Any], ...] = alternatives
+
+    async def __call__(self, v: Verification) -> None:
+        failures: list[Rejected] = []
+        for alt in self.alternatives:
+            saved = (v.access_token, v.rate_limit, len(v.failed_open))
+            try:
+                await run_stage(alt, v)
+                return
+            except Rejected as r:
+                failures.append(r)
+                v.access_token, v.rate_limit = saved[0], saved[1]
+                del v.failed_open[saved[2] :]
+        why = "; ".join(f"{r.stage}: {r.reason}" for r in failures)
+        transient = next((r for r in failures if r.transient), None)
+        if transient is not None:
+            out = Rejected(
+                "unavailable",
+                f"the authorization service is temporarily unavailable ({why})",
+                error="temporarily_unavailable",
+                status=503,
+                retry_after=transient.retry_after,
+                transient=True,
+            )
+        else:
+            first = failures[0]
+            same = all(r.reason == first.reason for r in failures)
+            out = Rejected(
+                first.reason if same else "no_alternative_accepted",
+                f"no alternative accepted the token ({why})",
+                error=first.error,
+                status=first.status,
+                scope=first.scope,
+            )
+        out.stage = self.name
+        raise out
+
+    async def start(self) -> None:
+        await asyncio.gather(*(a.start() for a in self.alternatives))
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*(a.aclose() for a in self.alternatives), return_exceptions=True)

@@ -1,0 +1,161 @@
+"""Build a chain from TOML (or a dict of the same shape).
+
+``${VAR}`` and ``${VAR:-default}`` are read from the environment (``$$`` is a
+literal ``$``). Unknown keys, wrong types, missing variables and unknown
+plugins are ``ConfigError``s that name the file, the stage and the key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from fastapps_auth.chain import AnyOf, VerifierChain
+from fastapps_auth.clock import Clock
+from fastapps_auth.component import Component
+from fastapps_auth.errors import ConfigError
+from fastapps_auth.observer import Observer
+from fastapps_auth.registry import load
+from fastapps_auth.stage import Stage
+
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_TOP_KEYS = {"stages", "chain"}
+_CHAIN_KEYS = {"name"}
+#: Plugins whose ``stages`` option holds nested stage tables.
+_COMPOSITES: dict[str, type[Stage[Any]]] = {"chain": VerifierChain, "any-of": AnyOf}
+
+
+def interpolate(value: Any, env: Mapping[str, str], *, key: str = "") -> Any:
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string of ``value``."""
+    if isinstance(value, str):
+
+        def sub(m: re.Match[str]) -> str:
+            if m.group(0) == "$$":
+                return "$"
+            name, default = m.group(1), m.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            raise ConfigError(
+                f"environment variable {name} is not set (write ${{{name}:-default}} for a default)", key=key
+            )
+
+        return _VAR.sub(sub, value)
+    if isinstance(value, Mapping):
+        return {k: interpolate(v, env, key=f"{key}.{k}" if key else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env, key=f"{key}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def read_config(source: str | os.PathLike[str] | Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+    """The raw config mapping and a label for messages (the file name, or ``<config>``)."""
+    if isinstance(source, Mapping):
+        return dict(source), "<config>"
+    path = Path(source)
+    label = str(path)
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f), label
+    except FileNotFoundError:
+        raise ConfigError("file not found", source=label) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", source=label) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", source=label) from None
+
+
+def _stage_label(index: str, entry: Mapping[str, Any]) -> str:
+    use = entry.get("use")
+    name = entry.get("name")
+    shown = name if isinstance(name, str) else use if isinstance(use, str) else "?"
+    return f"stages{index} ({shown})"
+
+
+def build_component(
+    entry: Mapping[str, Any], *, index: str, clock: Clock | None, env: Mapping[str, str]
+) -> Component[Any]:
+    """One ``[[stages]]`` table, built by its plugin name. Errors name the stage and key."""
+    label = _stage_label(index, entry)
+    if not isinstance(entry, Mapping):
+        raise ConfigError("each stage must be a table", stage=f"stages{index}")
+    use = entry.get("use")
+    if not isinstance(use, str) or not use:
+        raise ConfigError("missing 'use' (the plugin name, e.g. use = \"jwt\")", stage=label, key="use")
+    options = {k: v for k, v in entry.items() if k != "use"}
+    try:
+        options = interpolate(options, env)
+        if use in _COMPOSITES:
+            return _build_composite(use, options, index=index, label=label, clock=clock, env=env)
+        cls = load(use)
+        return cls(clock=clock, **options)
+    except ConfigError as exc:
+        raise ConfigError(
+            exc.detail,
+            stage=exc.location.stage if exc.location.stage and exc.location.stage.startswith("stages") else label,
+            key=exc.location.key,
+        ) from None
+
+
+def _build_composite(
+    use: str, options: dict[str, Any], *, index: str, label: str, clock: Clock | None, env: Mapping[str, str]
+) -> Stage[Any]:
+    children = options.pop("stages", None)
+    unknown = set(options) - {"name"}
+    if unknown:
+        raise ConfigError("unknown option (known options: name, stages)", stage=label, key=sorted(unknown)[0])
+    if not isinstance(children, list) or not children:
+        raise ConfigError("needs a non-empty list of stage tables", stage=label, key="stages")
+    built = [build_component(c, index=f"{index}.stages[{i}]", clock=clock, env=env) for i, c in enumerate(children)]
+    stages = [b for b in built if isinstance(b, Stage)]
+    if len(stages) != len(built):
+        raise ConfigError("observers cannot be nested inside a composite stage", stage=label, key="stages")
+    name = options.get("name")
+    if use == "any-of":
+        return AnyOf(*stages, name=name, clock=clock)
+    return VerifierChain(*stages, name=name, clock=clock)
+
+
+def chain_from_config(
+    source: str | os.PathLike[str] | Mapping[str, Any],
+    *,
+    clock: Clock | None = None,
+    env: Mapping[str, str] | None = None,
+) -> VerifierChain:
+    """Build a ``VerifierChain`` from a TOML file or a mapping of the same shape.
+
+    No network or database I/O happens here: resources open on first use.
+    """
+    data, label = read_config(source)
+    environ = os.environ if env is None else env
+    try:
+        unknown = set(data) - _TOP_KEYS
+        if unknown:
+            raise ConfigError(f"unknown top-level key (known: {', '.join(sorted(_TOP_KEYS))})", key=sorted(unknown)[0])
+        chain_opts = data.get("chain", {})
+        if not isinstance(chain_opts, Mapping) or set(chain_opts) - _CHAIN_KEYS:
+            raise ConfigError("[chain] accepts only: name", key="chain")
+        entries = data.get("stages")
+        if not isinstance(entries, list) or not entries:
+            raise ConfigError("needs at least one [[stages]] table", key="stages")
+        stages: list[Stage[Any]] = []
+        observers: list[Observer[Any]] = []
+        for i, entry in enumerate(entries):
+            component = build_component(entry, index=f"[{i}]", clock=clock, env=environ)
+            if isinstance(component, Observer):
+                observers.append(component)
+            elif isinstance(component, Stage):
+                stages.append(component)
+            else:
+                raise ConfigError("plugin is neither a stage nor an observer", stage=_stage_label(f"[{i}]", entry))
+        if not stages:
+            raise ConfigError("needs at least one stage that verifies tokens", key="stages")
+        name = interpolate(chain_opts.get("name"), environ) if chain_opts.get("name") else None
+        return VerifierChain(*stages, observers=observers, clock=clock, name=name)
+    except ConfigError as exc:
+        raise ConfigError(exc.detail, source=label, stage=exc.location.stage, key=exc.location.key) from None

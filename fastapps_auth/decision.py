@@ -1,0 +1,105 @@
+"""The outcome of one verification, with its per-stage trace."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from mcp.server.auth.provider import AccessToken
+
+from fastapps_auth.request import RequestInfo
+
+Outcome = Literal["passed", "rejected", "error-denied", "error-allowed"]
+
+
+@dataclass(slots=True)
+class StageTrace:
+    """One stage's part in a decision. ``error`` is an exception class name, never a message."""
+
+    stage: str
+    outcome: Outcome
+    duration: float
+    cache_hit: bool | None = None
+    reason: str | None = None
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "outcome": self.outcome,
+            "duration_ms": round(self.duration * 1000, 3),
+            "cache_hit": self.cache_hit,
+            "reason": self.reason,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitInfo:
+    """The state of the tightest rate-limit rule, for RateLimit-* response headers."""
+
+    limit: int
+    remaining: int
+    reset: float  # seconds until the window frees capacity
+    window: float
+    policy: str | None = None  # e.g. "100;w=3600"
+
+
+@dataclass(slots=True)
+class Decision:
+    """Allowed or not, and why. ``status`` is 200 when allowed.
+
+    ``stage`` names the stage that rejected (its ``name`` option, else its plugin
+    name). ``failed_open`` lists stages whose transient failure was let through by
+    ``on_error = "allow"``.
+    """
+
+    allowed: bool
+    access_token: AccessToken | None
+    status: int = 200
+    stage: str | None = None
+    reason: str | None = None
+    error: str | None = None
+    description: str | None = None
+    retry_after: float | None = None
+    scope: str | None = None
+    trace: list[StageTrace] = field(default_factory=list)
+    failed_open: list[str] = field(default_factory=list)
+    rate_limit: RateLimitInfo | None = None
+    fingerprint: str = ""
+    request: RequestInfo | None = None
+    started_at: float = 0.0
+    duration: float = 0.0
+
+    @property
+    def subject(self) -> str | None:
+        return self.access_token.subject if self.access_token is not None else None
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready view (no raw token: only its fingerprint)."""
+        at = self.access_token
+        return {
+            "allowed": self.allowed,
+            "status": self.status,
+            "stage": self.stage,
+            "reason": self.reason,
+            "error": self.error,
+            "description": self.description,
+            "retry_after": self.retry_after,
+            "scope": self.scope,
+            "subject": at.subject if at else None,
+            "client_id": at.client_id if at else None,
+            "scopes": list(at.scopes) if at else None,
+            "expires_at": at.expires_at if at else None,
+            "failed_open": list(self.failed_open),
+            "rate_limit": None
+            if self.rate_limit is None
+            else {
+                "limit": self.rate_limit.limit,
+                "remaining": self.rate_limit.remaining,
+                "reset": self.rate_limit.reset,
+            },
+            "token_fingerprint": self.fingerprint,
+            "duration_ms": round(self.duration * 1000, 3),
+            "trace": [t.as_dict() for t in self.trace],
+        }

@@ -1,0 +1,98 @@
+"""Exceptions: a token rejection, a transient failure, a configuration or plugin error."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class Rejected(Exception):
+    """A stage's verdict that the token must not pass.
+
+    ``reason`` is a machine code (``expired``, ``bad_signature``, ``user_banned``,
+    ``rate_limited``, ...), ``error`` the RFC 6750 error code sent to the client,
+    ``status`` the HTTP status, ``description`` a client-safe sentence (never a
+    secret, never the token). ``scope`` names the scopes an ``insufficient_scope``
+    rejection needs; ``retry_after`` is in seconds.
+    """
+
+    __slots__ = ("description", "error", "reason", "retry_after", "scope", "stage", "status", "transient")
+
+    def __init__(
+        self,
+        reason: str,
+        description: str | None = None,
+        *,
+        error: str = "invalid_token",
+        status: int = 401,
+        retry_after: float | None = None,
+        scope: str | None = None,
+        transient: bool = False,
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.error = error
+        self.status = status
+        self.description = description if description is not None else reason.replace("_", " ")
+        self.retry_after = retry_after
+        self.scope = scope
+        self.transient = transient
+        #: Name of the stage that raised it; the chain fills this in.
+        self.stage: str | None = None
+
+    def __repr__(self) -> str:
+        return f"Rejected({self.reason!r}, status={self.status}, stage={self.stage!r})"
+
+
+def insufficient_scope(missing: list[str] | tuple[str, ...], reason: str = "insufficient_scope") -> Rejected:
+    """The 403 rejection for a token that lacks ``missing`` scopes (RFC 6750 §3.1)."""
+    scope = " ".join(missing)
+    return Rejected(
+        reason,
+        f"the token lacks the required scope: {scope}",
+        error="insufficient_scope",
+        status=403,
+        scope=scope,
+    )
+
+
+class TransientError(Exception):
+    """A failure that says nothing about the token: a service down, slow or erroring.
+
+    Stages may raise it to give a ``retry_after`` hint; any other unexpected
+    exception is treated the same way. The chain applies the stage's ``on_error``.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigLocation:
+    """Where a configuration error is: file, stage index and name, key."""
+
+    source: str | None = None
+    stage: str | None = None
+    key: str | None = None
+
+    def __str__(self) -> str:
+        parts = [p for p in (self.source, self.stage) if p]
+        if self.key:
+            parts.append(f"key '{self.key}'")
+        return ": ".join(parts)
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot build a chain. The message names file, stage and key."""
+
+    def __init__(
+        self, message: str, *, source: str | None = None, stage: str | None = None, key: str | None = None
+    ) -> None:
+        self.location = ConfigLocation(source, stage, key)
+        self.detail = message
+        where = str(self.location)
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class PluginError(ConfigError):
+    """A plugin that is unknown, or that failed to load (named with its distribution)."""

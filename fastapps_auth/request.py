@@ -1,0 +1,36 @@
+"""What the HTTP layer knows about the request being authenticated.
+
+The middleware sets it in a context variable; stages read it through the
+``Verification`` they are given (``v.request``), never from the framework.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class RequestInfo:
+    """Method, path, client address and, for JSON-RPC ``tools/call``, the MCP tool name."""
+
+    method: str | None = None
+    path: str | None = None
+    client_ip: str | None = None
+    mcp_method: str | None = None
+    tool_name: str | None = None
+
+
+current_request: ContextVar[RequestInfo | None] = ContextVar("fastapps_auth_request", default=None)
+
+
+@contextmanager
+def request_context(info: RequestInfo) -> Iterator[RequestInfo]:
+    """Make ``info`` the current request for verifications run inside the block."""
+    token = current_request.set(info)
+    try:
+        yield info
+    finally:
+        current_request.reset(token)

@@ -1,0 +1,44 @@
+"""Shared fixtures: an injected clock, the real services, a cuttable TCP proxy."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from fastapps_auth.clock import ManualClock
+from tests.support.services import PG_HOST, PG_PORT, REDIS_HOST, REDIS_PORT, require_service
+from tests.support.tcp_proxy import TCPProxy
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(1_800_000_000.0)
+
+
+@pytest.fixture
+def postgres_dsn() -> str:
+    """DSN of the real PostgreSQL (database ``test``); fails in CI, skips elsewhere, when it is down."""
+    require_service("PostgreSQL", PG_HOST, PG_PORT)
+    return f"postgresql://postgres@{PG_HOST}:{PG_PORT}/test"
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """URL of the real Redis, database 13 (tests clean it); fails in CI, skips elsewhere, when it is down."""
+    require_service("Redis", REDIS_HOST, REDIS_PORT)
+    return f"redis://{REDIS_HOST}:{REDIS_PORT}/13"
+
+
+@pytest.fixture
+async def pg_proxy(postgres_dsn: str) -> AsyncIterator[TCPProxy]:
+    proxy = await TCPProxy(PG_HOST, PG_PORT).start()
+    yield proxy
+    await proxy.aclose()
+
+
+@pytest.fixture
+async def redis_proxy(redis_url: str) -> AsyncIterator[TCPProxy]:
+    proxy = await TCPProxy(REDIS_HOST, REDIS_PORT).start()
+    yield proxy
+    await proxy.aclose()
