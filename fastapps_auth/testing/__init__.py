@@ -1,0 +1,1 @@
+"""Test helpers for users of fastapps-auth (a dev issuer, token minting, fixtures)."""
