@@ -132,6 +132,8 @@ class VerifierChain(Stage[ChainOptions]):
         t0 = perf_counter()
         raw = token if isinstance(token, str) else ""
         v = Verification(raw, now=started, clock=self.clock, request=request or current_request.get())
+        allowed = False
+        rejection: Rejected | None = None
         try:
             if not raw:
                 raise Rejected("missing_token", "no bearer token was presented")
@@ -140,38 +142,39 @@ class VerifierChain(Stage[ChainOptions]):
             await self(v)
             if v.access_token is None:
                 raise Rejected("unauthenticated", "no stage authenticated the token")
-            decision = Decision(True, v.access_token)
+            allowed = True
         except Rejected as r:
-            decision = Decision(
-                False,
-                None,
-                status=r.status,
-                stage=r.stage,
-                reason=r.reason,
-                error=r.error,
-                description=r.description,
-                retry_after=r.retry_after,
-                scope=r.scope,
-            )
+            rejection = r
         except Exception as exc:  # a bug in a composite; still a decision, never a crash
             logger.error("verification failed unexpectedly (%s)", type(exc).__name__, exc_info=True)
-            decision = Decision(
-                False,
-                None,
-                status=503,
-                stage=self.name,
-                reason="internal_error",
+            rejection = Rejected(
+                "internal_error",
+                "the authorization service failed",
                 error="temporarily_unavailable",
-                description="the authorization service failed",
+                status=503,
                 retry_after=self.retry_after,
+                transient=True,
             )
-        decision.trace = v.trace
-        decision.failed_open = v.failed_open
-        decision.rate_limit = v.rate_limit
-        decision.request = v.request
-        decision.fingerprint = v.digest.hex()[:12] if raw else ""
-        decision.started_at = started
-        decision.duration = perf_counter() - t0
+            rejection.stage = self.name
+        rj = rejection
+        decision = Decision(
+            allowed,
+            v.access_token if allowed else None,
+            status=200 if rj is None else rj.status,
+            stage=None if rj is None else rj.stage,
+            reason=None if rj is None else rj.reason,
+            error=None if rj is None else rj.error,
+            description=None if rj is None else rj.description,
+            retry_after=None if rj is None else rj.retry_after,
+            scope=None if rj is None else rj.scope,
+            trace=v.trace,
+            failed_open=v.failed_open,
+            rate_limit=v.rate_limit,
+            fingerprint=v.digest.hex()[:12] if raw else "",
+            request=v.request,
+            started_at=started,
+            duration=perf_counter() - t0,
+        )
         for observer in self.observers:
             try:
                 observer(decision)

@@ -95,11 +95,9 @@ def build_component(
         cls = load(use)
         return cls(clock=clock, **options)
     except ConfigError as exc:
-        raise ConfigError(
-            exc.detail,
-            stage=exc.location.stage if exc.location.stage and exc.location.stage.startswith("stages") else label,
-            key=exc.location.key,
-        ) from None
+        inner = exc.location.stage
+        stage = inner if inner and inner.startswith("stages") else label
+        raise type(exc)(exc.detail, stage=stage, key=exc.location.key) from None
 
 
 def _build_composite(
@@ -158,4 +156,4 @@ def chain_from_config(
         name = interpolate(chain_opts.get("name"), environ) if chain_opts.get("name") else None
         return VerifierChain(*stages, observers=observers, clock=clock, name=name)
     except ConfigError as exc:
-        raise ConfigError(exc.detail, source=label, stage=exc.location.stage, key=exc.location.key) from None
+        raise type(exc)(exc.detail, source=label, stage=exc.location.stage, key=exc.location.key) from None

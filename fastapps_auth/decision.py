@@ -45,13 +45,13 @@ class RateLimitInfo:
     policy: str | None = None  # e.g. "100;w=3600"
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Decision:
     """Allowed or not, and why. ``status`` is 200 when allowed.
 
     ``stage`` names the stage that rejected (its ``name`` option, else its plugin
     name). ``failed_open`` lists stages whose transient failure was let through by
-    ``on_error = "allow"``.
+    ``on_error = "allow"``. Frozen: observers read it and cannot change it.
     """
 
     allowed: bool

@@ -1,0 +1,83 @@
+"""Small stages for testing the core without a network: an authenticator and failure makers."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import Field
+
+from fastapps_auth import AccessToken, Rejected, Stage, StageOptions, Verification
+from fastapps_auth.component import ComponentOptions
+
+
+class TokenIsSubjectOptions(StageOptions):
+    prefix: str = Field(default="user:", description="Tokens must start with this; the rest is the subject.")
+    scopes: list[str] = Field(default_factory=list, description="Scopes every token gets.")
+
+
+class TokenIsSubject(Stage[TokenIsSubjectOptions]):
+    """Authenticates ``user:<subject>`` tokens; anything else is ``bad_signature``."""
+
+    plugin_name: ClassVar[str] = "token-is-subject"
+    options_model: ClassVar[type[ComponentOptions]] = TokenIsSubjectOptions
+    authenticates: ClassVar[bool] = True
+
+    async def __call__(self, v: Verification) -> None:
+        prefix = self.options.prefix
+        if not v.token.startswith(prefix) or len(v.token) == len(prefix):
+            raise Rejected("bad_signature", "the token signature is invalid")
+        subject = v.token[len(prefix) :]
+        v.access_token = AccessToken(
+            token=v.token,
+            client_id="test-client",
+            scopes=list(self.options.scopes),
+            subject=subject,
+            claims={"sub": subject},
+            expires_at=int(v.now) + 3600,
+        )
+
+
+class FailsOptions(StageOptions):
+    error: str = Field(default="connection", description="What to raise: connection, rejected, bug.")
+
+
+class Fails(Stage[FailsOptions]):
+    """Raises what it is told to: a transient error, a rejection, or a plain bug."""
+
+    plugin_name: ClassVar[str] = "fails"
+    options_model: ClassVar[type[ComponentOptions]] = FailsOptions
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.calls = 0
+
+    async def __call__(self, v: Verification) -> None:
+        self.calls += 1
+        if self.options.error == "rejected":
+            raise Rejected("user_banned", "account disabled")
+        if self.options.error == "bug":
+            raise KeyError("oops")
+        raise ConnectionError("database is down")
+
+
+class Counts(Stage[StageOptions]):
+    """Passes, counting its calls and remembering the subject it saw."""
+
+    plugin_name: ClassVar[str] = "counts"
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.calls = 0
+        self.seen: list[str | None] = []
+        self.closed = 0
+        self.started = 0
+
+    async def __call__(self, v: Verification) -> None:
+        self.calls += 1
+        self.seen.append(v.access_token.subject if v.access_token else None)
+
+    async def start(self) -> None:
+        self.started += 1
+
+    async def aclose(self) -> None:
+        self.closed += 1
