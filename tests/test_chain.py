@@ -87,7 +87,7 @@ async def test_transient_failure_fails_open_when_allowed_and_is_recorded() -> No
     chain = VerifierChain(TokenIsSubject(), Fails(on_error="allow"), after)
     d = await chain.evaluate("user:dave")
     assert d.allowed and d.access_token is not None
-    assert d.failed_open == ["fails"]
+    assert d.failed_open == ("fails",)
     assert d.trace[1].outcome == "error-allowed"
     assert after.calls == 1
 
