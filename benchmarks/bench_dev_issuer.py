@@ -1,0 +1,130 @@
+"""The dev issuer and the demo: minting cost against PyJWT, issuer start-up, and the demo's wall time.
+
+Minting is measured against PyJWT's ``jwt.encode`` with the same key and claims (the usual
+hand-written test helper). Issuer start-up compares fresh keys with the per-process seed keys
+the pytest fixtures reuse. The demo runs as ``fastapps-auth demo`` would, in a fresh
+interpreter; the issue's target is under 30 s on a 2-core machine (skipped with --smoke).
+
+    python -m benchmarks.bench_dev_issuer [--smoke]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jwt as pyjwt
+from cryptography.hazmat.primitives import serialization
+
+from benchmarks.common import fmt_rate, rate, table, write_page, write_results
+from fastapps_auth.dev_issuer import DevIssuer, KeyStore
+from fastapps_auth.testing.issuer import _seed_keys, start_issuer
+
+DEMO_TARGET_S = 30.0
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def mint_rates(number: int, rounds: int) -> dict[str, float]:
+    issuer = DevIssuer("http://127.0.0.1:8765", KeyStore(None), audience="api")
+    rsa = issuer.keys.signing_key("RS256")
+    pem = rsa.as_pem(private=True)
+    private = serialization.load_pem_private_key(pem, password=None)
+    body = issuer.claims_for("alice", scopes=["read", "write"])
+    headers = {"kid": rsa.kid, "typ": "at+jwt"}
+    return {
+        "dev issuer mint, RS256": rate(
+            lambda: issuer.mint("alice", scopes=["read", "write"]), number=number, rounds=rounds
+        ),
+        "dev issuer mint, ES256": rate(
+            lambda: issuer.mint("alice", scopes=["read", "write"], alg="ES256"), number=number, rounds=rounds
+        ),
+        "PyJWT encode, RS256 (baseline)": rate(
+            lambda: pyjwt.encode(body, private, algorithm="RS256", headers=headers),
+            number=number,
+            rounds=rounds,
+        ),
+    }
+
+
+def start_times(repeats: int) -> dict[str, float]:
+    """Median seconds to start and stop a running issuer, fresh keys vs the fixtures' seed keys."""
+    out: dict[str, float] = {}
+    _seed_keys()  # generated once per process, as in a test session
+    for label, seed in (("issuer start, fresh keys", False), ("issuer start, seed keys (fixtures)", True)):
+        samples = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            issuer = start_issuer(**({} if seed else {"seed": ()}))
+            issuer.stop()
+            samples.append(time.perf_counter() - t0)
+        samples.sort()
+        out[label] = samples[len(samples) // 2]
+    return out
+
+
+def demo_seconds() -> tuple[float, int]:
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastapps_auth.demo"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    return time.perf_counter() - t0, proc.returncode
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--smoke", action="store_true")
+    args = parser.parse_args()
+    number, rounds, repeats = (20, 2, 2) if args.smoke else (300, 5, 7)
+
+    mints = mint_rates(number, rounds)
+    base = mints["PyJWT encode, RS256 (baseline)"]
+    rows = [[label, fmt_rate(r), f"{r / base:.2f}x"] for label, r in mints.items()]
+    mint_table = table(["minting", "rate", "vs PyJWT RS256"], rows)
+
+    starts = start_times(repeats)
+    fresh = starts["issuer start, fresh keys"]
+    start_rows = [[label, f"{s * 1000:.1f} ms", f"{fresh / s:.2f}x"] for label, s in starts.items()]
+    start_table = table(["start + stop", "median", "speed-up vs fresh keys"], start_rows)
+
+    body = f"## Minting\n\n{mint_table}\n\n## Starting an issuer\n\n{start_table}\n"
+    results = [
+        {
+            "label": "dev issuer mint RS256 vs PyJWT",
+            "ratio": mints["dev issuer mint, RS256"] / base,
+            "target": None,
+            "note": f"{fmt_rate(mints['dev issuer mint, RS256'])} vs {fmt_rate(base)}",
+        },
+        {
+            "label": "issuer start, seed keys vs fresh",
+            "ratio": fresh / starts["issuer start, seed keys (fixtures)"],
+            "target": None,
+            "note": f"{starts['issuer start, seed keys (fixtures)'] * 1000:.0f} ms vs {fresh * 1000:.0f} ms",
+        },
+    ]
+    if not args.smoke:
+        seconds, code = demo_seconds()
+        demo_table = table(
+            ["run", "wall time", "target", "target / time", "exit"],
+            [["fastapps-auth demo (fresh interpreter)", f"{seconds:.1f} s", f"< {DEMO_TARGET_S:.0f} s",
+              f"{DEMO_TARGET_S / seconds:.1f}x", code]],
+        )  # fmt: skip
+        body += f"\n## The demo\n\n{demo_table}\n"
+        results.append(
+            {
+                "label": "demo wall time vs 30 s target",
+                "ratio": DEMO_TARGET_S / seconds,
+                "target": 1.0,
+                "note": f"{seconds:.1f} s, exit {code}",
+            }
+        )
+    print(body)
+    if not args.smoke:
+        write_page("dev_issuer", "Dev issuer and demo", body, packages=("joserfc", "pyjwt", "cryptography", "uvicorn"))
+        write_results("dev_issuer", results, title="Dev issuer and demo")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""Serving an ASGI app with uvicorn on loopback, in a background thread or in the foreground.
+
+The socket is bound before the app is built, so the app can know its own URL
+(an issuer must put it in ``iss``) even when the port is picked by the OS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from types import TracebackType
+from typing import Any, Literal
+
+import uvicorn
+
+ASGIApp = Any
+LOOPBACK_NAMES = ("localhost",)
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and ``localhost``."""
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    """A listening TCP socket on a loopback ``host``; ``port=0`` lets the OS choose."""
+    if not is_loopback(host):
+        raise ValueError(f"refusing to listen on {host!r}: the dev servers listen on loopback only")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError:
+        sock.close()
+        raise
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+class BackgroundServer:
+    """uvicorn serving ``app`` on loopback in a daemon thread with its own event loop.
+
+    Works from sync and async code alike (tests, the demo). ``app`` may be a
+    factory taking the server's base URL. ``on_stop`` coroutines run on the server's
+    loop after it stops: close there what the app opened there (``chain.aclose``).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp | Callable[[str], ASGIApp],
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        factory: bool = False,
+        lifespan: Literal["auto", "on", "off"] = "auto",
+        startup_timeout: float = 10.0,
+        on_stop: Sequence[Callable[[], Awaitable[object]]] = (),
+    ) -> None:
+        self._sock = bind(host, port)
+        self.url = url_of(self._sock)
+        self.port: int = self._sock.getsockname()[1]
+        self.app = app(self.url) if factory else app
+        self._config = uvicorn.Config(self.app, log_level="warning", lifespan=lifespan, access_log=False)
+        self._server = uvicorn.Server(self._config)
+        self._thread: threading.Thread | None = None
+        self._timeout = startup_timeout
+        self._error: BaseException | None = None
+        self._on_stop = tuple(on_stop)
+
+    async def _serve(self) -> None:
+        try:
+            await self._server.serve(sockets=[self._sock])
+        finally:
+            # Close what the app opened on this loop (a chain's HTTP clients, pools) on this loop.
+            for hook in self._on_stop:
+                try:
+                    await hook()
+                except Exception as exc:
+                    self._error = exc
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as exc:  # reported by start()
+            self._error = exc
+
+    def start(self) -> BackgroundServer:
+        """Start serving; returns once uvicorn accepts connections."""
+        self._thread = threading.Thread(target=self._run, name=f"uvicorn:{self.port}", daemon=True)
+        self._thread.start()
+        done = threading.Event()
+        for _ in range(int(self._timeout / 0.01)):
+            if self._server.started or not self._thread.is_alive():
+                break
+            done.wait(0.01)
+        if not self._server.started:
+            self.stop()
+            raise RuntimeError(f"the server on {self.url} did not start") from self._error
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and wait for the thread (idempotent)."""
+        self._server.should_exit = True
+        if self._thread is not None and self._thread.is_alive():
+            self._thread.join(timeout=self._timeout)
+        self._thread = None
+        self._sock.close()
+
+    def __enter__(self) -> BackgroundServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def serve_forever(app: ASGIApp, sock: socket.socket) -> None:
+    """Serve ``app`` on ``sock`` in the foreground until interrupted (the CLI's ``serve``)."""
+    server = uvicorn.Server(uvicorn.Config(app, log_level="info", lifespan="auto"))
+    asyncio.run(server.serve(sockets=[sock]))
