@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint typecheck pytest demo bench docs clean
+.PHONY: venv test lint typecheck pytest demo bench docs clean test-hosts
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,17 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-test: lint typecheck pytest
+# Hosts that cannot share .venv with FastApps (mcp 2.x, fastmcp 4.x) are tested in their own venv,
+# kept inside .venv so it is ignored by git and linters and removed by `make clean`.
+HOSTS := $(VENV)/hosts
+test-hosts: $(STAMP)
+	test -x $(HOSTS)/bin/python || $(PYTHON) -m venv $(HOSTS)
+	test $(HOSTS)/.installed -nt pyproject.toml || { $(HOSTS)/bin/python -m pip install --quiet \
+	  'mcp>=2,<3' 'fastmcp>=4,<5' -e '.[postgres,sqlite]' 'uvicorn>=0.30' pytest pytest-asyncio hypothesis \
+	  && touch $(HOSTS)/.installed; }
+	$(HOSTS)/bin/python -m pytest -p no:cacheprovider tests/hosts
+
+test: lint typecheck pytest test-hosts docs
 
 demo: $(STAMP)
 	$(BIN)/fastapps-auth demo

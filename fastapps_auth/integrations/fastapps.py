@@ -1,0 +1,219 @@
+"""``WidgetMCPServer``: FastApps' server, made to construct, serve and authenticate with a chain.
+
+FastApps 1.4.3 passes ``token_verifier=`` to ``fastmcp.FastMCP`` (which rejects it)
+and reads the verified token from ``req.context.access_token`` (which the MCP SDK
+never sets). This subclass builds FastMCP without auth, puts ``ChainAuthMiddleware``
+in front of the MCP endpoint, and hands each widget the request's verified token,
+so the documented snippet works by changing one import. Tested with the versions
+pinned in the ``fastapps`` extra.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from fastapps.core.server import WidgetMCPServer as _FastAppsServer
+from mcp import types
+from mcp.server.auth.provider import AccessToken
+
+from fastapps_auth.chain import VerifierChain
+from fastapps_auth.component import ComponentOptions
+from fastapps_auth.errors import Rejected
+from fastapps_auth.integrations.starlette import (
+    ChainAuthMiddleware,
+    RequestScopedVerifier,
+    cors_middleware,
+    current_access_token,
+)
+from fastapps_auth.stage import Stage, StageOptions, Verification
+from fastapps_auth.stages.scopes import ScopesStage
+
+if TYPE_CHECKING:
+    from fastapps.core.widget import BaseWidget
+    from starlette.applications import Starlette
+
+__all__ = ["WidgetMCPServer"]
+
+logger = logging.getLogger("fastapps_auth")
+
+
+class VerifierStage(Stage[StageOptions]):
+    """Any MCP ``TokenVerifier`` as an authenticating stage, so a hand-written verifier still fits a chain."""
+
+    plugin_name: ClassVar[str] = "token-verifier"
+    options_model: ClassVar[type[ComponentOptions]] = StageOptions
+    authenticates: ClassVar[bool] = True
+
+    def __init__(self, verifier: Any, *, name: str | None = None) -> None:
+        super().__init__(name=name or type(verifier).__name__)
+        self.verifier = verifier
+
+    async def __call__(self, v: Verification) -> None:
+        at = await self.verifier.verify_token(v.token)
+        if at is None:
+            raise Rejected("invalid_token", "the token was not accepted")
+        v.access_token = at
+
+
+def _as_chain(
+    verifier: Any, issuer_url: str | None, audience: str | None, scopes: Sequence[str]
+) -> VerifierChain | None:
+    """The chain to run: the one given, a given verifier wrapped, or a ``jwt`` stage for the issuer."""
+    if isinstance(verifier, VerifierChain):
+        return verifier
+    if verifier is not None:
+        return VerifierChain(VerifierStage(verifier))
+    if issuer_url is None:
+        return None
+    from fastapps_auth.registry import load
+
+    options: dict[str, Any] = {"issuer_url": issuer_url}
+    if audience:
+        options["audience"] = audience
+    jwt = load("jwt")(**options)
+    if not isinstance(jwt, Stage):
+        raise TypeError("the 'jwt' plugin is not a stage")
+    stages: list[Stage[Any]] = [jwt]
+    if scopes:
+        stages.append(ScopesStage(required=list(scopes)))
+    return VerifierChain(*stages)
+
+
+class _RequestWithContext:
+    """The call-tool request as FastApps' handler expects it: ``req.context.access_token`` set."""
+
+    __slots__ = ("_req", "context")
+
+    def __init__(self, req: types.CallToolRequest, access_token: AccessToken | None) -> None:
+        self._req = req
+        self.context = _Context(access_token)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._req, name)
+
+
+class _Context:
+    __slots__ = ("access_token",)
+
+    def __init__(self, access_token: AccessToken | None) -> None:
+        self.access_token = access_token
+
+
+class WidgetMCPServer(_FastAppsServer):  # type: ignore[misc, unused-ignore]
+    """FastApps' ``WidgetMCPServer`` with the same arguments, authenticated by a ``VerifierChain``.
+
+    Extra keyword arguments: ``cors_origins`` (opt-in CORS, explicit origins),
+    ``trusted_proxies`` (CIDRs whose X-Forwarded-For is believed), ``anonymous``
+    (``"allow"`` lets token-less requests reach ``@no_auth``/``@optional_auth``
+    widgets), ``path`` (the MCP endpoint, default ``/mcp``).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        widgets: list[BaseWidget],
+        auth_issuer_url: str | None = None,
+        auth_resource_server_url: str | None = None,
+        auth_required_scopes: list[str] | None = None,
+        auth_audience: str | None = None,
+        token_verifier: Any = None,
+        global_resource_domains: list[str] | None = None,
+        global_connect_domains: list[str] | None = None,
+        *,
+        cors_origins: Sequence[str] | None = None,
+        trusted_proxies: Sequence[str] = (),
+        anonymous: Literal["deny", "allow"] = "deny",
+        path: str = "/mcp",
+    ) -> None:
+        from fastmcp import FastMCP
+
+        self.widgets_by_id = {w.identifier: w for w in widgets}
+        self.widgets_by_uri = {w.template_uri: w for w in widgets}
+        self.client_locale: str | None = None
+        self.global_resource_domains = global_resource_domains or []
+        self.global_connect_domains = global_connect_domains or []
+        self._configure_widget_csp(widgets)
+
+        self.chain = _as_chain(token_verifier, auth_issuer_url, auth_audience, auth_required_scopes or ())
+        self.server_requires_auth = self.chain is not None and anonymous == "deny"
+        self.server_auth_scopes = list(auth_required_scopes or [])
+        self.auth_issuer_url = auth_issuer_url
+        self.auth_resource_server_url = auth_resource_server_url
+        self.token_verifier_instance = (
+            RequestScopedVerifier(self.chain, resource_url=auth_resource_server_url) if self.chain else None
+        )
+        self.cors_origins = list(cors_origins) if cors_origins else None
+        self.trusted_proxies = tuple(trusted_proxies)
+        self.anonymous = anonymous
+        self.path = path
+        self.mcp = FastMCP(name=name)
+        self._register_handlers()
+        self._wrap_call_tool()
+
+    def _wrap_call_tool(self) -> None:
+        """Give FastApps' call-tool handler the request's verified token where it looks for it."""
+        server = self.mcp._mcp_server
+        original = server.request_handlers[types.CallToolRequest]
+
+        async def call_tool(req: types.CallToolRequest) -> types.ServerResult:
+            at = current_access_token() or self._token_from_request(server)
+            result: types.ServerResult = await original(_RequestWithContext(req, at))
+            return result
+
+        server.request_handlers[types.CallToolRequest] = call_tool
+
+    @staticmethod
+    def _token_from_request(server: Any) -> AccessToken | None:
+        """The token the middleware put on the Starlette request (for handlers run outside its context)."""
+        try:
+            request = server.request_context.request
+        except LookupError:
+            return None
+        user = getattr(request, "scope", {}).get("user") if request is not None else None
+        at = getattr(user, "access_token", None)
+        return at if isinstance(at, AccessToken) else None
+
+    @property
+    def resource_metadata_url(self) -> str | None:
+        """The RFC 9728 metadata URL advertised in ``WWW-Authenticate``."""
+        if not (self.auth_resource_server_url and self.auth_issuer_url):
+            return None
+        from mcp.server.auth.routes import build_resource_metadata_url
+        from pydantic import AnyHttpUrl
+
+        return str(build_resource_metadata_url(AnyHttpUrl(self.auth_resource_server_url)))
+
+    def get_app(self) -> Starlette:
+        """The Starlette app: MCP endpoint behind the chain, RFC 9728 metadata, opt-in CORS."""
+        from starlette.middleware import Middleware
+
+        middleware: list[Middleware] = []
+        if self.cors_origins:
+            middleware.append(cors_middleware(self.cors_origins))
+        if self.chain is not None:
+            middleware.append(
+                Middleware(
+                    ChainAuthMiddleware,
+                    chain=self.chain,
+                    resource_metadata_url=self.resource_metadata_url,
+                    paths=[self.path],
+                    anonymous=self.anonymous,
+                    required_scopes=self.server_auth_scopes,
+                    trusted_proxies=self.trusted_proxies,
+                )
+            )
+        app: Starlette = self.mcp.http_app(path=self.path, stateless_http=True, middleware=middleware)
+        if self.auth_resource_server_url and self.auth_issuer_url:
+            from mcp.server.auth.routes import create_protected_resource_routes
+            from pydantic import AnyHttpUrl
+
+            app.routes.extend(
+                create_protected_resource_routes(
+                    resource_url=AnyHttpUrl(self.auth_resource_server_url),
+                    authorization_servers=[AnyHttpUrl(self.auth_issuer_url)],
+                    scopes_supported=self.server_auth_scopes or None,
+                )
+            )
+        return app

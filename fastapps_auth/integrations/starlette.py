@@ -1,0 +1,486 @@
+"""ASGI middleware: run the chain once per request and answer with RFC 6750 semantics.
+
+Works with any ASGI app (Starlette, FastAPI, the MCP SDK's and FastMCP's apps).
+It fills the request context stages read (method, path, client IP, MCP tool),
+maps a rejected ``Decision`` to 401/403/429/503 with the right headers, and
+remembers the decision so a verifier behind it (the MCP SDK's bearer backend)
+answers from it instead of running the chain a second time.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+import re
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
+from starlette.authentication import AuthCredentials
+
+from fastapps_auth.chain import VerifierChain
+from fastapps_auth.decision import Decision, RateLimitInfo
+from fastapps_auth.fingerprint import token_digest
+from fastapps_auth.request import RequestInfo, current_request
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: Key under ``scope["state"]`` where the request's decision is kept.
+STATE_KEY = "fastapps_auth.decision"
+#: JSON-RPC bodies read to find the MCP method and tool are at most this large by default.
+DEFAULT_MAX_BODY = 1024 * 1024
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class RequestDecision:
+    """The decision made for the current request, keyed by the token's digest."""
+
+    digest: bytes
+    decision: Decision
+
+
+_current: ContextVar[RequestDecision | None] = ContextVar("fastapps_auth_request_decision", default=None)
+
+
+def current_decision() -> Decision | None:
+    """The decision the middleware made for the request being handled, if any."""
+    held = _current.get()
+    return held.decision if held is not None else None
+
+
+def current_access_token() -> AccessToken | None:
+    """The verified ``AccessToken`` of the request being handled (``None`` when anonymous or denied)."""
+    held = _current.get()
+    if held is None or not held.decision.allowed:
+        return None
+    return held.decision.access_token
+
+
+class RequestScopedVerifier:
+    """An MCP ``TokenVerifier`` that reuses the middleware's decision for the same token in the same request.
+
+    Outside a request the middleware handled (or for a different token) it runs the
+    chain. ``resource_url``: set ``AccessToken.resource`` to it when the token's
+    ``aud`` names it, so the SDK's ``validate_token_resource`` check passes.
+    """
+
+    def __init__(self, chain: VerifierChain, *, resource_url: str | None = None) -> None:
+        self.chain = chain
+        self.resource_url = str(resource_url).rstrip("/") if resource_url else None
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        held = _current.get()
+        if held is not None and isinstance(token, str) and held.digest == token_digest(token):
+            decision = held.decision
+        else:
+            decision = await self.chain.evaluate(token)
+        if not decision.allowed or decision.access_token is None:
+            return None
+        return self.bind_resource(decision.access_token)
+
+    def bind_resource(self, at: AccessToken) -> AccessToken:
+        """Set ``resource`` from the audience when it names this server; otherwise leave it."""
+        if self.resource_url is None or at.resource is not None:
+            return at
+        aud = (at.claims or {}).get("aud")
+        auds = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
+        for a in auds:
+            if isinstance(a, str) and a.rstrip("/") == self.resource_url:
+                return at.model_copy(update={"resource": a})
+        return at
+
+
+# -- request context ------------------------------------------------------------------------
+
+
+def parse_networks(cidrs: Iterable[str]) -> tuple[IPNetwork, ...]:
+    """CIDR strings (``10.0.0.0/8``, ``127.0.0.1``) as networks; a bad one raises ``ValueError``."""
+    return tuple(ipaddress.ip_network(c.strip(), strict=False) for c in cidrs)
+
+
+def _in(ip: str, networks: Sequence[IPNetwork]) -> bool:
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return any(addr in n for n in networks)
+
+
+def client_ip(scope: Scope, trusted: Sequence[IPNetwork]) -> str | None:
+    """The client address: the peer, or, when the peer is a trusted proxy, the first untrusted X-Forwarded-For hop.
+
+    The X-Forwarded-For chain is read right to left and every hop that is itself a
+    trusted proxy is skipped, so a client cannot choose its address by sending the header.
+    """
+    peer = scope.get("client")
+    ip: str | None = str(peer[0]) if peer else None
+    if ip is None or not trusted or not _in(ip, trusted):
+        return ip
+    forwarded: list[str] = []
+    for name, value in scope.get("headers", ()):
+        if name == b"x-forwarded-for":
+            forwarded.extend(h.strip() for h in value.decode("latin-1").split(","))
+    for hop in reversed(forwarded):
+        try:
+            ipaddress.ip_address(hop)
+        except ValueError:
+            return ip  # a malformed hop: stop trusting the header there
+        ip = hop
+        if not _in(hop, trusted):
+            return hop
+    return ip
+
+
+def rpc_target(body: bytes) -> tuple[str | None, str | None, bool]:
+    """(MCP method, tool name, ok) of a JSON-RPC body. ``ok`` is False for a batch hiding a ``tools/call``."""
+    try:
+        msg = json.loads(body)
+    except (ValueError, RecursionError):
+        return None, None, True
+    if isinstance(msg, list):
+        calls = [m for m in msg if isinstance(m, dict) and m.get("method") == "tools/call"]
+        return ("batch", None, not calls)
+    if not isinstance(msg, dict):
+        return None, None, True
+    method = msg.get("method")
+    if not isinstance(method, str):
+        return None, None, True
+    tool = None
+    if method == "tools/call":
+        params = msg.get("params")
+        name = params.get("name") if isinstance(params, dict) else None
+        tool = name if isinstance(name, str) else None
+    return method[:200], tool[:200] if tool else tool, True
+
+
+# -- responses --------------------------------------------------------------------------------
+
+_UNSAFE = re.compile(r'[\x00-\x1f\x7f"\\]')
+
+
+def _quote(value: str) -> str:
+    """A quoted-string for a header parameter; control characters, quotes and backslashes are dropped."""
+    return '"' + _UNSAFE.sub("", value)[:500] + '"'
+
+
+def _seconds(value: float) -> str:
+    return str(max(0, math.ceil(value)))
+
+
+def rate_limit_headers(info: RateLimitInfo) -> list[tuple[bytes, bytes]]:
+    """``RateLimit-Limit/-Remaining/-Reset`` (IETF draft) and ``RateLimit-Policy`` when known."""
+    headers = [
+        (b"ratelimit-limit", str(info.limit).encode()),
+        (b"ratelimit-remaining", str(max(0, info.remaining)).encode()),
+        (b"ratelimit-reset", _seconds(info.reset).encode()),
+    ]
+    if info.policy:
+        headers.append((b"ratelimit-policy", info.policy.encode("latin-1", "replace")))
+    return headers
+
+
+def challenge(
+    error: str | None = None,
+    description: str | None = None,
+    *,
+    scope: str | None = None,
+    resource_metadata: str | None = None,
+    realm: str | None = None,
+) -> str:
+    """A ``WWW-Authenticate: Bearer`` value. With no ``error`` it is the bare challenge of RFC 6750 §3.1."""
+    params: list[str] = []
+    if realm:
+        params.append(f"realm={_quote(realm)}")
+    if error:
+        params.append(f"error={_quote(error)}")
+        if description:
+            params.append(f"error_description={_quote(description)}")
+        if scope:
+            params.append(f"scope={_quote(scope)}")
+    if resource_metadata:
+        params.append(f"resource_metadata={_quote(resource_metadata)}")
+    return "Bearer " + ", ".join(params) if params else "Bearer"
+
+
+def error_response(
+    decision: Decision | None, *, resource_metadata: str | None = None, realm: str | None = None
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Status, headers and JSON body for a rejection (``None``: no credentials were presented)."""
+    headers: list[tuple[bytes, bytes]] = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
+    if decision is None:
+        www = challenge(resource_metadata=resource_metadata, realm=realm)
+        body: dict[str, Any] = {"error_description": "authentication required"}
+        headers.append((b"www-authenticate", www.encode("latin-1", "replace")))
+        return 401, headers, json.dumps(body).encode()
+    status = decision.status if decision.status in (400, 401, 403, 429, 503) else 401
+    error = decision.error or ("temporarily_unavailable" if status == 503 else "invalid_token")
+    description = decision.description or error
+    body = {"error": error, "error_description": description}
+    if status in (401, 403):
+        www = challenge(
+            error,
+            description,
+            scope=decision.scope if status == 403 else None,
+            resource_metadata=resource_metadata,
+            realm=realm,
+        )
+        headers.append((b"www-authenticate", www.encode("latin-1", "replace")))
+    if decision.scope and status == 403:
+        body["scope"] = decision.scope
+    if status in (429, 503):
+        retry = decision.retry_after
+        if retry is None and decision.rate_limit is not None:
+            retry = decision.rate_limit.reset
+        headers.append((b"retry-after", _seconds(retry if retry is not None else 1).encode()))
+    if decision.rate_limit is not None:
+        headers.extend(rate_limit_headers(decision.rate_limit))
+    return status, headers, json.dumps(body).encode()
+
+
+async def _send_response(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    headers = [*headers, (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def bearer_token(scope: Scope) -> str | None:
+    """The bearer token of the Authorization header; ``None`` when there is no Bearer credential."""
+    for name, value in scope.get("headers", ()):
+        if name == b"authorization":
+            raw: str = value.decode("latin-1")
+            scheme, _, token = raw.partition(" ")
+            if scheme.lower() != "bearer":
+                return None
+            return token.strip()
+    return None
+
+
+# -- the middleware -----------------------------------------------------------------------------
+
+
+class ChainAuthMiddleware:
+    """Authenticates HTTP requests with a ``VerifierChain``; non-HTTP scopes pass straight through.
+
+    ``paths``: path prefixes to protect (default: all); ``exempt``: prefixes never
+    checked (default: ``/.well-known/``). ``anonymous="allow"`` lets requests with no
+    credentials through unauthenticated (a bad token is still refused).
+    ``required_scopes`` are checked after the chain allows (403). ``trusted_proxies``
+    are CIDRs whose X-Forwarded-For is believed.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        chain: VerifierChain,
+        *,
+        resource_metadata_url: str | None = None,
+        realm: str | None = None,
+        paths: Sequence[str] | None = None,
+        exempt: Sequence[str] = ("/.well-known/",),
+        anonymous: str = "deny",
+        required_scopes: Sequence[str] = (),
+        trusted_proxies: Sequence[str] = (),
+        max_body_bytes: int = DEFAULT_MAX_BODY,
+        on_decision: Callable[[Scope, Decision], None] | None = None,
+    ) -> None:
+        if anonymous not in ("deny", "allow"):
+            raise ValueError("anonymous must be 'deny' or 'allow'")
+        if max_body_bytes <= 0:
+            raise ValueError("max_body_bytes must be positive")
+        self.app = app
+        self.chain = chain
+        self.resource_metadata_url = str(resource_metadata_url) if resource_metadata_url else None
+        self.realm = realm
+        self.paths = tuple(paths) if paths is not None else None
+        self.exempt = tuple(exempt)
+        self.allow_anonymous = anonymous == "allow"
+        self.required_scopes = tuple(required_scopes)
+        self.trusted = parse_networks(trusted_proxies)
+        self.max_body_bytes = max_body_bytes
+        self.on_decision = on_decision
+
+    def _protects(self, path: str) -> bool:
+        if any(path.startswith(p) for p in self.exempt):
+            return False
+        return self.paths is None or any(path == p.rstrip("/") or path.startswith(p) for p in self.paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") == "OPTIONS" or not self._protects(scope.get("path", "")):
+            await self.app(scope, receive, send)
+            return
+        token = bearer_token(scope)
+        if token is None and not self.allow_anonymous:
+            await _send_response(
+                send, *error_response(None, resource_metadata=self.resource_metadata_url, realm=self.realm)
+            )
+            return
+        mcp_method = tool = None
+        if scope.get("method") == "POST" and _is_json(scope):
+            body = await _read_body(receive, self.max_body_bytes)
+            if body is None:
+                await _send_response(
+                    send, 413, [(b"content-type", b"application/json")], b'{"error":"request_too_large"}'
+                )
+                return
+            mcp_method, tool, ok = rpc_target(body)
+            if not ok:
+                await _send_response(
+                    send,
+                    400,
+                    [(b"content-type", b"application/json")],
+                    b'{"error":"invalid_request","error_description":"tools/call cannot be batched"}',
+                )
+                return
+            receive = _replay(body, receive)
+        info = RequestInfo(
+            method=scope.get("method"),
+            path=scope.get("path"),
+            client_ip=client_ip(scope, self.trusted),
+            mcp_method=mcp_method,
+            tool_name=tool,
+        )
+        if token is None:
+            reset = current_request.set(info)
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                current_request.reset(reset)
+            return
+        decision = await self.chain.evaluate(token, request=info)
+        if decision.allowed and self.required_scopes and decision.access_token is not None:
+            missing = [s for s in self.required_scopes if s not in decision.access_token.scopes]
+            if missing:
+                decision = _scope_denial(decision, missing)
+        scope.setdefault("state", {})[STATE_KEY] = decision
+        if self.on_decision is not None:
+            self.on_decision(scope, decision)
+        if not decision.allowed:
+            await _send_response(
+                send, *error_response(decision, resource_metadata=self.resource_metadata_url, realm=self.realm)
+            )
+            return
+        _authenticate_scope(scope, decision)
+        if decision.rate_limit is not None:
+            send = _with_headers(send, rate_limit_headers(decision.rate_limit))
+        held = _current.set(RequestDecision(token_digest(token), decision))
+        reset = current_request.set(info)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            current_request.reset(reset)
+            _current.reset(held)
+
+
+def _scope_denial(decision: Decision, missing: list[str]) -> Decision:
+    scope = " ".join(missing)
+    return Decision(
+        False,
+        None,
+        status=403,
+        stage="middleware",
+        reason="insufficient_scope",
+        error="insufficient_scope",
+        description=f"the token lacks the required scope: {scope}",
+        scope=scope,
+        trace=decision.trace,
+        rate_limit=decision.rate_limit,
+        fingerprint=decision.fingerprint,
+        request=decision.request,
+    )
+
+
+def _authenticate_scope(scope: Scope, decision: Decision) -> None:
+    """Set ``scope["user"]``/``scope["auth"]`` as the MCP SDK's bearer backend would, for code behind us."""
+    at = decision.access_token
+    if at is None:
+        return
+    scope["user"] = AuthenticatedUser(at)
+    scope["auth"] = AuthCredentials(at.scopes)
+
+
+def _is_json(scope: Scope) -> bool:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-type":
+            return b"json" in value.lower()
+    return False
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole request body, or ``None`` as soon as it exceeds ``limit`` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks)
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that yields ``body`` once, then defers to the original (for disconnects)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def _with_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), *extra]}
+        await send(message)
+
+    return wrapped
+
+
+def cors_middleware(
+    origins: Sequence[str],
+    *,
+    methods: Sequence[str] = ("GET", "POST", "DELETE", "OPTIONS"),
+    headers: Sequence[str] = ("Authorization", "Content-Type", "Mcp-Session-Id", "Mcp-Protocol-Version"),
+    expose: Sequence[str] = (
+        "Mcp-Session-Id",
+        "WWW-Authenticate",
+        "Retry-After",
+        "RateLimit-Limit",
+        "RateLimit-Remaining",
+        "RateLimit-Reset",
+    ),
+) -> Any:
+    """A Starlette ``Middleware`` for CORS with explicit origins, methods and headers (no wildcard)."""
+    if not origins or any(o == "*" for o in origins):
+        raise ValueError("list the allowed origins explicitly (a wildcard would let any site use the token)")
+    from starlette.middleware import Middleware
+    from starlette.middleware.cors import CORSMiddleware
+
+    return Middleware(
+        CORSMiddleware,
+        allow_origins=list(origins),
+        allow_methods=list(methods),
+        allow_headers=list(headers),
+        expose_headers=list(expose),
+        allow_credentials=False,
+        max_age=600,
+    )
