@@ -174,6 +174,7 @@ class VerifierChain(Stage[ChainOptions]):
             v.request,
             started,
             perf_counter() - t0,
+            v.access_token,
         )
         for observer in self.observers:
             try:

@@ -50,7 +50,8 @@ class Decision(NamedTuple):
 
     ``stage`` names the stage that rejected (its ``name`` option, else its plugin
     name). ``failed_open`` lists stages whose transient failure was let through by
-    ``on_error = "allow"``. Immutable (a named tuple, the cheapest immutable record in
+    ``on_error = "allow"``. ``principal`` keeps who authenticated even when a later
+    stage rejected. Immutable (a named tuple, the cheapest immutable record in
     CPython): observers read it and cannot change it.
     """
 
@@ -70,14 +71,17 @@ class Decision(NamedTuple):
     request: RequestInfo | None = None
     started_at: float = 0.0
     duration: float = 0.0
+    #: The token as authenticated, also when a later stage rejected it (for audit: *who* was
+    #: banned or rate limited). Never use it to grant access: that is ``access_token``.
+    principal: AccessToken | None = None
 
     @property
     def subject(self) -> str | None:
-        return self.access_token.subject if self.access_token is not None else None
+        return self.principal.subject if self.principal is not None else None
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready view (no raw token: only its fingerprint)."""
-        at = self.access_token
+        at = self.principal
         return {
             "allowed": self.allowed,
             "status": self.status,

@@ -229,3 +229,15 @@ def test_access_token_is_the_mcp_sdk_type() -> None:
 def test_rejected_defaults_are_client_safe() -> None:
     r = Rejected("user_banned")
     assert (r.status, r.error, r.description) == (401, "invalid_token", "user banned")
+
+
+async def test_a_rejection_after_authentication_keeps_the_principal_for_audit() -> None:
+    d = await VerifierChain(TokenIsSubject(), Fails(error="rejected")).evaluate("user:mallory")
+    assert not d.allowed and d.access_token is None
+    assert d.principal is not None and d.subject == "mallory"
+    assert d.as_dict()["subject"] == "mallory"
+
+
+async def test_a_rejection_before_authentication_has_no_principal() -> None:
+    d = await VerifierChain(TokenIsSubject()).evaluate("forged")
+    assert d.principal is None and d.subject is None
