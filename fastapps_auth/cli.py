@@ -1,0 +1,330 @@
+"""The ``fastapps-auth`` command: list plugins, check a config, explain decisions, run the demo.
+
+Errors are one line on standard error and exit code 2; ``verify`` exits 0 when
+every token is allowed and 1 when any is rejected. Tokens are never printed:
+only their fingerprints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import sys
+import types
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from fastapps_auth.errors import ConfigError
+
+app = typer.Typer(
+    name="fastapps-auth",
+    help="Composable bearer-token verification for MCP servers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,  # a rich traceback would show local variables, tokens among them
+)
+
+#: Exit codes of ``verify`` (and of every command on a usage or configuration error).
+EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
+
+
+def _out() -> Console:
+    return Console(soft_wrap=False, highlight=False)
+
+
+def _fail(message: str) -> NoReturn:
+    """One line on standard error, exit 2: the shape of every error of this command."""
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"fastapps-auth: error: {escape(message)}")
+    raise typer.Exit(EXIT_USAGE)
+
+
+# -- plugins ------------------------------------------------------------------------------------
+
+
+def type_label(annotation: Any) -> str:
+    """A readable name for an option's type: ``str | None``, ``list[str]``, ``'deny' | 'allow'``."""
+    if annotation is None or annotation is type(None):
+        return "None"
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(type_label(a) for a in args)
+    if origin is typing.Annotated:
+        return type_label(args[0])
+    if origin is not None:
+        name = getattr(origin, "__name__", str(origin))
+        return f"{name}[{', '.join(type_label(a) for a in args)}]" if args else name
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+def default_label(field: FieldInfo) -> str:
+    """The option's default as TOML would spell it, or ``required``."""
+    if field.is_required():
+        return "required"
+    if field.default_factory is not None:
+        try:
+            value = field.default_factory()  # type: ignore[call-arg]
+        except Exception:
+            return "(computed)"
+    else:
+        value = field.default
+    if value is PydanticUndefined:
+        return "required"
+    if value is None:
+        return "-"
+    return json.dumps(value, default=str)
+
+
+def option_rows(model: type[Any]) -> list[dict[str, str]]:
+    """Name, type, default and description of every field of an options model."""
+    rows = []
+    fields: dict[str, FieldInfo] = getattr(model, "model_fields", None) or {}
+    for name, field in fields.items():
+        rows.append(
+            {
+                "name": name,
+                "type": type_label(field.annotation),
+                "default": default_label(field),
+                "description": field.description or "",
+            }
+        )
+    return rows
+
+
+@app.command("plugins")
+def plugins_command(
+    names: Annotated[list[str] | None, typer.Argument(help="Show only these plugins.", show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per plugin, one per line.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 if any plugin fails to load.")] = False,
+) -> None:
+    """Every installed stage and observer: kind, distribution, version and options. Broken ones say why."""
+    from fastapps_auth.registry import plugins
+
+    found = plugins()
+    if names:
+        unknown = sorted(set(names) - {p.name for p in found})
+        if unknown:
+            _fail(f"no plugin named {', '.join(map(repr, unknown))} (installed: {', '.join(p.name for p in found)})")
+        found = [p for p in found if p.name in names]
+    console = _out()
+    for info in found:
+        options = option_rows(info.component.options_model) if info.component is not None else []
+        if as_json:
+            record = {
+                "name": info.name,
+                "kind": info.kind,
+                "distribution": info.distribution,
+                "version": info.version,
+                "target": info.value,
+                "options": options,
+                "error": info.error,
+            }
+            typer.echo(json.dumps(record))
+            continue
+        dist = f"{info.distribution or 'unknown distribution'} {info.version or ''}".strip()
+        if info.component is None:
+            console.print(f"[bold red]{escape(info.name)}[/]  BROKEN  ({escape(dist)})")
+            console.print(f"  [red]{escape(info.error or 'failed to load')}[/]\n")
+            continue
+        doc = (info.component.__doc__ or "").strip().splitlines()
+        console.print(f"[bold]{escape(info.name)}[/]  {info.kind}  ({escape(dist)})  {escape(doc[0] if doc else '')}")
+        table = Table(show_header=True, header_style="bold", box=None, pad_edge=False, padding=(0, 2, 0, 2))
+        for column in ("option", "type", "default", "description"):
+            table.add_column(column, overflow="fold")
+        for row in options:
+            table.add_row(*(escape(row[k]) for k in ("name", "type", "default", "description")))
+        console.print(table)
+        console.print()
+    broken = [p for p in found if p.component is None]
+    if broken and not as_json:
+        Console(stderr=True, highlight=False).print(
+            f"{len(broken)} plugin(s) failed to load: {', '.join(p.name for p in broken)}"
+        )
+    if broken and strict:
+        raise typer.Exit(EXIT_REJECTED)
+
+
+# -- check --------------------------------------------------------------------------------------
+
+
+def _build(config: Path, now: float | None = None) -> Any:
+    """The chain of ``config``; every failure to build it is one line and exit 2."""
+    from fastapps_auth.clock import FixedClock
+    from fastapps_auth.config import chain_from_config
+
+    try:
+        return chain_from_config(config, clock=FixedClock(now) if now is not None else None)
+    except ConfigError as exc:
+        _fail(str(exc))
+    except Exception as exc:  # a plugin's constructor failing in an unplanned way
+        _fail(f"{config}: building the chain failed: {type(exc).__name__}: {exc}")
+
+
+@app.command("check")
+def check_command(
+    config: Annotated[Path, typer.Argument(help="The TOML configuration to validate.", show_default=False)],
+    connect: Annotated[
+        bool, typer.Option("--connect", help="Also open every resource (pools, key sets) to prove it is reachable.")
+    ] = False,
+) -> None:
+    """Validate CONFIG: plugin names, option names and types, environment variables. Exit 2 on error."""
+    chain = _build(config)
+
+    async def warm() -> str | None:
+        try:
+            await chain.start()
+            return None
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"
+        finally:
+            await chain.aclose()
+
+    problem = asyncio.run(warm()) if connect else None
+    if not connect:
+        asyncio.run(chain.aclose())
+    if problem is not None:
+        _fail(f"{config}: the configuration is valid but a resource could not be opened: {problem}")
+    stages = ", ".join(s.name for s in chain.stages)
+    observers = ", ".join(o.name for o in chain.observers) or "none"
+    typer.echo(f"{config}: ok (stages: {stages}; observers: {observers})")
+
+
+# -- verify -------------------------------------------------------------------------------------
+
+
+def _read_tokens(tokens: list[str] | None) -> list[str]:
+    if tokens:
+        return tokens
+    if sys.stdin is None or sys.stdin.isatty():
+        _fail("no token given: pass tokens as arguments or one per line on standard input")
+    found = [line.strip() for line in sys.stdin]
+    found = [t for t in found if t]
+    if not found:
+        _fail("no token on standard input")
+    return found
+
+
+def _decision_report(console: Console, index: int, decision: Any) -> None:
+    fp = decision.fingerprint or "-"
+    if decision.allowed:
+        at = decision.access_token
+        head = f"[bold green]ALLOWED[/] token #{index} ({fp}) subject={escape(str(at.subject))}"
+        if at.scopes:
+            head += f" scopes={escape(' '.join(at.scopes))}"
+        if at.expires_at is not None:
+            head += f" expires_at={at.expires_at}"
+        if decision.failed_open:
+            head += f" [yellow](failed open: {escape(', '.join(decision.failed_open))})[/]"
+    else:
+        head = (
+            f"[bold red]REJECTED[/] token #{index} ({fp}) by {escape(str(decision.stage))}: "
+            f"{escape(str(decision.reason))} ({decision.status} {escape(str(decision.error))})"
+        )
+        if decision.description:
+            head += f" - {escape(decision.description)}"
+        if decision.retry_after is not None:
+            head += f" retry after {decision.retry_after:g}s"
+    console.print(head)
+    table = Table(box=None, pad_edge=False, padding=(0, 2, 0, 2), header_style="bold")
+    for column in ("stage", "outcome", "ms", "cache", "reason", "error"):
+        table.add_column(column, overflow="fold")
+    for t in decision.trace:
+        table.add_row(
+            escape(t.stage),
+            t.outcome,
+            f"{t.duration * 1000:.3f}",
+            "-" if t.cache_hit is None else ("hit" if t.cache_hit else "miss"),
+            escape(t.reason or ""),
+            escape(t.error or ""),
+        )
+    console.print(table)
+    console.print()
+
+
+@app.command("verify")
+def verify_command(
+    config: Annotated[Path, typer.Option("--config", "-c", help="The TOML configuration.", show_default=False)],
+    tokens: Annotated[
+        list[str] | None,
+        typer.Argument(help="Tokens to verify; without any, one per line on standard input.", show_default=False),
+    ] = None,
+    now: Annotated[
+        float | None,
+        typer.Option("--now", help="Pin the clock to this epoch (explain a captured token after it expired)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON decision per line instead of tables.")] = False,
+) -> None:
+    """Verify tokens with CONFIG and show each decision with its trace. Exit 0 all allowed, 1 any rejected."""
+    raw = _read_tokens(tokens)
+    chain = _build(config, now)
+
+    async def run() -> list[Any]:
+        try:
+            return [await chain.evaluate(t) for t in raw]
+        finally:
+            await chain.aclose()
+
+    decisions = asyncio.run(run())
+    console = _out()
+    for i, decision in enumerate(decisions, 1):
+        if as_json:
+            typer.echo(json.dumps(decision.as_dict(), default=str))
+        else:
+            _decision_report(console, i, decision)
+    raise typer.Exit(EXIT_OK if all(d.allowed for d in decisions) else EXIT_REJECTED)
+
+
+# -- commands owned by other modules ----------------------------------------------------------------
+
+
+def _entry(module: str, attribute: str, what: str) -> Callable[..., int]:
+    """``module.attribute``, imported only when its command runs (the rest of the CLI works without it)."""
+    try:
+        found: Callable[..., int] = getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError) as exc:
+        _fail(f"{what} is not available ({type(exc).__name__}: {exc})")
+    return found
+
+
+@app.command("demo")
+def demo_command() -> None:
+    """Run the whole thing on embedded defaults: an issuer, a database, a rate limit, an MCP server."""
+    run = _entry("fastapps_auth.demo", "run", "the demo")
+    raise typer.Exit(run())
+
+
+@app.command(
+    "dev-issuer",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
+)
+def dev_issuer_command(ctx: typer.Context) -> None:
+    """A local OAuth issuer for development and tests (arguments go to it; try: dev-issuer --help)."""
+    forward = _entry("fastapps_auth.dev_issuer.cli", "main", "the dev issuer")
+    raise typer.Exit(forward(list(ctx.args)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point; returns the exit code (``sys.exit(main())``)."""
+    try:
+        app(args=argv, prog_name="fastapps-auth", standalone_mode=True)
+    except SystemExit as exc:
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else EXIT_USAGE)
+    except KeyboardInterrupt:
+        return 130
+    return EXIT_OK

@@ -1,0 +1,337 @@
+"""The audit observer: one structured event per decision, with trace and fingerprint, never the token."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+import pytest
+import structlog
+from hypothesis import given
+from hypothesis import strategies as st
+from mcp.server.auth.provider import AccessToken
+
+from fastapps_auth import (
+    ConfigError,
+    Decision,
+    Observer,
+    Rejected,
+    RequestInfo,
+    Stage,
+    StageOptions,
+    Verification,
+    VerifierChain,
+    chain_from_config,
+    fingerprint,
+    registry,
+    request_context,
+)
+from fastapps_auth.clock import ManualClock
+from fastapps_auth.stages.audit import EVENT, AuditObserver
+
+LOGGER = "fastapps_auth.audit"
+TOKENS = {
+    "tok-alice-0123456789abcdefghijklmnop": "alice",
+    "tok-bob-0123456789abcdefghijklmnopqrst": "bob",
+    "tok-mallory-0123456789abcdefghijklmnop": "mallory",
+}
+ALICE, BOB, MALLORY = TOKENS
+
+
+class TableAuth(Stage[StageOptions]):
+    """Authenticates the tokens of a table (a stand-in for the jwt stage)."""
+
+    plugin_name: ClassVar[str] = "table-auth"
+    authenticates: ClassVar[bool] = True
+
+    def __init__(self, table: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.table = table if table is not None else TOKENS
+
+    async def __call__(self, v: Verification) -> None:
+        subject = self.table.get(v.token)
+        if subject is None:
+            raise Rejected("bad_signature", "the token signature is invalid")
+        v.cache_hit = True
+        v.access_token = AccessToken(
+            token=v.token,
+            client_id=f"client-{subject}",
+            scopes=["read", "write"],
+            expires_at=int(v.now) + 3600,
+            subject=subject,
+            claims={"sub": subject, "tenant_id": "acme", "email": f"{subject}@example.com"},
+        )
+
+
+class Ban(Stage[StageOptions]):
+    """Rejects mallory (403 user_banned)."""
+
+    plugin_name: ClassVar[str] = "ban"
+
+    async def __call__(self, v: Verification) -> None:
+        if v.access_token is not None and v.access_token.subject == "mallory":
+            raise Rejected("user_banned", "the user is banned", status=403, error="insufficient_scope")
+
+
+class Down(Stage[StageOptions]):
+    """A stage whose service is down: every call fails transiently."""
+
+    plugin_name: ClassVar[str] = "down"
+
+    async def __call__(self, v: Verification) -> None:
+        raise ConnectionError(f"could not reach the database while checking {v.token}")
+
+
+class Exploding(Observer[Any]):
+    plugin_name: ClassVar[str] = "exploding"
+
+    def __call__(self, decision: Any) -> None:
+        raise RuntimeError("observer bug")
+
+
+def events(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    return [json.loads(r.getMessage()) for r in caplog.records if r.name == LOGGER]
+
+
+@pytest.fixture
+def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.DEBUG)
+    return caplog
+
+
+async def test_allowed_decision_is_one_json_event_with_fingerprint_trace_and_request(
+    logs: pytest.LogCaptureFixture, clock: ManualClock
+) -> None:
+    chain = VerifierChain(TableAuth(), Ban(), observers=[AuditObserver()], clock=clock)
+    info = RequestInfo(method="POST", path="/mcp", client_ip="203.0.113.9", mcp_method="tools/call", tool_name="search")
+    with request_context(info):
+        decision = await chain.evaluate(ALICE)
+    assert decision.allowed
+    [record] = [r for r in logs.records if r.name == LOGGER]
+    assert record.levelno == logging.INFO
+    event = json.loads(record.getMessage())
+    assert event["event"] == EVENT
+    assert event["outcome"] == "allowed"
+    assert event["status"] == 200
+    assert event["subject"] == "alice"
+    assert event["client_id"] == "client-alice"
+    assert event["scopes"] == ["read", "write"]
+    assert event["token_fingerprint"] == fingerprint(ALICE)
+    assert event["method"] == "POST"
+    assert event["path"] == "/mcp"
+    assert event["client_ip"] == "203.0.113.9"
+    assert event["tool"] == "search"
+    assert event["mcp_method"] == "tools/call"
+    assert event["timestamp"].startswith("2027-01-15T08:00:00")  # the injected clock's wall time
+    assert [t["stage"] for t in event["trace"]] == ["table-auth", "ban"]
+    assert [t["outcome"] for t in event["trace"]] == ["passed", "passed"]
+    assert event["trace"][0]["cache_hit"] is True
+    assert event["duration_ms"] >= 0
+    assert "claims" not in event  # no allow-list, no claims
+    assert ALICE not in record.getMessage()
+
+
+async def test_rejection_names_the_deciding_stage_reason_and_status(logs: pytest.LogCaptureFixture) -> None:
+    chain = VerifierChain(TableAuth(), Ban(), observers=[AuditObserver()])
+    decision = await chain.evaluate(MALLORY)
+    assert not decision.allowed
+    [record] = [r for r in logs.records if r.name == LOGGER]
+    assert record.levelno == logging.WARNING
+    event = json.loads(record.getMessage())
+    assert event["outcome"] == "rejected"
+    assert (event["stage"], event["reason"], event["status"], event["error"]) == (
+        "ban",
+        "user_banned",
+        403,
+        "insufficient_scope",
+    )
+    assert [t["outcome"] for t in event["trace"]] == ["passed", "rejected"]
+    assert event["token_fingerprint"] == fingerprint(MALLORY)
+
+
+async def test_fail_open_and_unavailable_are_logged_as_such(logs: pytest.LogCaptureFixture) -> None:
+    audit = AuditObserver(sample_allowed=0.0)  # sampling never hides a fail-open
+    opened = VerifierChain(TableAuth(), Down(on_error="allow"), observers=[audit])
+    denied = VerifierChain(TableAuth(), Down(retry_after=7), observers=[audit])
+    assert (await opened.evaluate(BOB)).allowed
+    assert not (await denied.evaluate(BOB)).allowed
+    first, second = events(logs)
+    assert first["outcome"] == "failed-open"
+    assert first["failed_open"] == ["down"]
+    assert first["trace"][1] == {
+        "stage": "down",
+        "outcome": "error-allowed",
+        "ms": first["trace"][1]["ms"],
+        "cache_hit": None,
+        "reason": "unavailable",
+        "error": "ConnectionError",
+    }
+    assert second["outcome"] == "unavailable"
+    assert (second["status"], second["stage"], second["retry_after"]) == (503, "down", 7.0)
+    for record in logs.records:  # the chain's own warning strips the token from the exception message
+        assert BOB not in record.getMessage()
+
+
+async def test_each_decision_is_logged_exactly_once_even_when_another_observer_fails(
+    logs: pytest.LogCaptureFixture,
+) -> None:
+    chain = VerifierChain(TableAuth(), observers=[Exploding(), AuditObserver(), Exploding()])
+    tokens = [ALICE, "unknown-token-xxxxxxxxxxxxxxxxxxxx", BOB, MALLORY]
+    decisions = [await chain.evaluate(t) for t in tokens]
+    assert [d.allowed for d in decisions] == [True, False, True, True]
+    assert [e["token_fingerprint"] for e in events(logs)] == [fingerprint(t) for t in tokens]
+    assert sum("observer 'exploding' failed" in r.getMessage() for r in logs.records) == 8
+
+
+async def test_sampling_drops_only_allowed_decisions_at_the_configured_rate(logs: pytest.LogCaptureFixture) -> None:
+    audit = AuditObserver(sample_allowed=0.25, rng=random.Random(42))
+    chain = VerifierChain(TableAuth(), Ban(), observers=[audit])
+    for _ in range(200):
+        await chain.evaluate(ALICE)
+        await chain.evaluate(MALLORY)
+    draws = random.Random(42)
+    expected_allowed = sum(draws.random() < 0.25 for _ in range(200))
+    outcomes = [e["outcome"] for e in events(logs)]
+    assert outcomes.count("rejected") == 200
+    assert outcomes.count("allowed") == expected_allowed
+    assert 20 < expected_allowed < 80
+    assert audit.stats() == {"logged": 200.0 + expected_allowed, "sampled_out": 200.0 - expected_allowed}
+
+
+async def test_sampling_zero_logs_no_allowed_decision(logs: pytest.LogCaptureFixture) -> None:
+    chain = VerifierChain(TableAuth(), Ban(), observers=[AuditObserver(sample_allowed=0)])
+    for t in (ALICE, BOB, MALLORY):
+        await chain.evaluate(t)
+    assert [(e["outcome"], e["reason"]) for e in events(logs)] == [("rejected", "user_banned")]
+
+
+async def test_claims_are_an_allow_list(logs: pytest.LogCaptureFixture) -> None:
+    chain = VerifierChain(TableAuth(), observers=[AuditObserver(claims=["tenant_id", "absent"])])
+    await chain.evaluate(ALICE)
+    [event] = events(logs)
+    assert event["claims"] == {"tenant_id": "acme"}
+    assert "alice@example.com" not in json.dumps(event)
+
+
+async def test_trace_can_be_left_out(logs: pytest.LogCaptureFixture) -> None:
+    chain = VerifierChain(TableAuth(), observers=[AuditObserver(include_trace=False)])
+    await chain.evaluate(ALICE)
+    [event] = events(logs)
+    assert "trace" not in event
+    assert event["subject"] == "alice"
+
+
+async def test_logger_name_and_logfmt_renderer(logs: pytest.LogCaptureFixture) -> None:
+    chain = VerifierChain(TableAuth(), observers=[AuditObserver(logger="acme.audit", renderer="logfmt")])
+    await chain.evaluate(ALICE)
+    [record] = [r for r in logs.records if r.name == "acme.audit"]
+    line = record.getMessage()
+    assert line.startswith(f"event='{EVENT}' timestamp=")
+    assert " outcome='allowed' " in line
+    assert f"token_fingerprint='{fingerprint(ALICE)}'" in line
+    assert ALICE not in line
+
+
+async def test_console_renderer(logs: pytest.LogCaptureFixture) -> None:
+    chain = VerifierChain(TableAuth(), Ban(), observers=[AuditObserver(renderer="console")])
+    await chain.evaluate(MALLORY)
+    [record] = [r for r in logs.records if r.name == LOGGER]
+    assert EVENT in record.getMessage()
+    assert "user_banned" in record.getMessage()
+    assert "\x1b[" not in record.getMessage()  # no colour codes in a log file
+
+
+async def test_structlog_renderer_hands_the_event_to_the_applications_structlog() -> None:
+    chain = VerifierChain(TableAuth(), Ban(), observers=[AuditObserver(renderer="structlog")])
+    with structlog.testing.capture_logs() as captured:
+        await chain.evaluate(ALICE)
+        await chain.evaluate(MALLORY)
+    assert [(e["event"], e["log_level"], e["outcome"]) for e in captured] == [
+        (EVENT, "info", "allowed"),
+        (EVENT, "warning", "rejected"),
+    ]
+    assert captured[1]["reason"] == "user_banned"
+
+
+async def test_disabled_logger_costs_nothing_and_logs_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    audit = AuditObserver()
+    chain = VerifierChain(TableAuth(), Ban(), observers=[audit])
+    await chain.evaluate(ALICE)  # INFO: below the logger's level
+    await chain.evaluate(MALLORY)
+    assert [e["outcome"] for e in events(caplog)] == ["rejected"]
+    assert audit.logged == 1
+
+
+async def test_unserializable_claims_do_not_break_the_event(logs: pytest.LogCaptureFixture) -> None:
+    class OddClaims(TableAuth):
+        async def __call__(self, v: Verification) -> None:
+            await super().__call__(v)
+            assert v.access_token is not None
+            v.access_token = v.access_token.model_copy(update={"claims": {"when": object(), "n": 1}})
+
+    chain = VerifierChain(OddClaims(), observers=[AuditObserver(claims=["when", "n"])])
+    assert (await chain.evaluate(ALICE)).allowed
+    [event] = events(logs)
+    assert event["claims"]["n"] == 1
+    assert event["claims"]["when"].startswith("<object object")
+
+
+@pytest.fixture
+def table_auth_plugin() -> Iterator[str]:
+    registry.register("audit-test-auth", TableAuth)
+    yield "audit-test-auth"
+    registry.unregister("audit-test-auth")
+
+
+def test_built_from_config_by_name(table_auth_plugin: str) -> None:
+    chain = chain_from_config(
+        {"stages": [{"use": table_auth_plugin}, {"use": "audit", "sample_allowed": 0.5, "claims": ["tenant_id"]}]}
+    )
+    [audit] = chain.observers
+    assert isinstance(audit, AuditObserver)
+    assert audit.options.sample_allowed == 0.5
+
+
+@pytest.mark.parametrize(
+    ("options", "key"),
+    [
+        ({"sample_allowed": 1.5}, "sample_allowed"),
+        ({"renderer": "xml"}, "renderer"),
+        ({"logger": ""}, "logger"),
+        ({"claims": [""]}, "claims"),
+        ({"sample": 0.5}, "sample"),
+    ],
+)
+def test_bad_options_name_the_key(options: dict[str, Any], key: str, table_auth_plugin: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        chain_from_config({"stages": [{"use": table_auth_plugin}, {"use": "audit", **options}]})
+    assert info.value.location.key == key
+    assert "audit" in str(info.value)
+
+
+async def test_timestamp_is_the_chains_wall_time_in_utc(logs: pytest.LogCaptureFixture) -> None:
+    clock = ManualClock(1_800_000_000.25)
+    chain = VerifierChain(TableAuth(), observers=[AuditObserver()], clock=clock)
+    await chain.evaluate(ALICE)
+    clock.advance(1.5)
+    await chain.evaluate(ALICE)
+    clock.advance(0.000001)
+    await chain.evaluate(ALICE)
+    assert [e["timestamp"] for e in events(logs)] == [
+        "2027-01-15T08:00:00.250000+00:00",
+        "2027-01-15T08:00:01.750000+00:00",
+        "2027-01-15T08:00:01.750001+00:00",
+    ]
+
+
+@given(epoch=st.floats(min_value=0, max_value=4_000_000_000, allow_nan=False))
+def test_timestamp_formatting_matches_datetime(epoch: float) -> None:
+    audit = AuditObserver()
+    expected = datetime.fromtimestamp(epoch, UTC).isoformat(timespec="microseconds")
+    assert audit.event(Decision(False, None, started_at=epoch))["timestamp"] == expected
+    assert audit.event(Decision(False, None, started_at=epoch))["timestamp"] == expected  # cached prefix path
