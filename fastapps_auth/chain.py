@@ -44,13 +44,22 @@ def _unavailable(stage: Stage[Any], exc: BaseException) -> Rejected:
     return r
 
 
+def _quotes_token(message: str, token: str) -> bool:
+    """True if ``message`` contains any 16-character run of ``token`` (windows of 12 at stride 4)."""
+    if len(token) < 12:
+        return bool(token) and token in message
+    return any(token[i : i + 12] in message for i in range(0, len(token) - 11, 4))
+
+
 def _log_failure(stage: Stage[Any], exc: BaseException, v: Verification, *, allowed: bool) -> None:
-    message = str(exc).replace(v.token, "<token>") if v.token else str(exc)
+    message = str(exc)[:300]
+    if _quotes_token(message, v.token):
+        message = "<message withheld: it quoted the token>"
     logger.warning(
         "stage %r failed transiently (%s: %s); %s",
         stage.name,
         type(exc).__name__,
-        message[:300],
+        message,
         "failing open" if allowed else "denying with 503",
     )
 

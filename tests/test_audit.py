@@ -151,6 +151,8 @@ async def test_rejection_names_the_deciding_stage_reason_and_status(logs: pytest
     )
     assert [t["outcome"] for t in event["trace"]] == ["passed", "rejected"]
     assert event["token_fingerprint"] == fingerprint(MALLORY)
+    # who was rejected: the authenticated principal, although the decision grants nothing
+    assert (event["subject"], event["client_id"]) == ("mallory", "client-mallory")
 
 
 async def test_fail_open_and_unavailable_are_logged_as_such(logs: pytest.LogCaptureFixture) -> None:

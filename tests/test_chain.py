@@ -241,3 +241,19 @@ async def test_a_rejection_after_authentication_keeps_the_principal_for_audit() 
 async def test_a_rejection_before_authentication_has_no_principal() -> None:
     d = await VerifierChain(TokenIsSubject()).evaluate("forged")
     assert d.principal is None and d.subject is None
+
+
+@pytest.mark.parametrize("quote", [lambda t: t, lambda t: t[:20], lambda t: repr(t[5:40]), lambda t: t[-17:]])
+async def test_failure_messages_that_quote_the_token_are_withheld(quote: Any, caplog: pytest.LogCaptureFixture) -> None:
+    raw = "user:" + "eyJhbGciOiJSUzI1NiJ9.payload-part-0123456789.signature-part-abcdefghijk"
+
+    class Leaky(Counts):
+        async def __call__(self, v: Any) -> None:
+            raise ConnectionError(f"cannot check {quote(v.token)}")
+
+    with caplog.at_level(logging.WARNING, logger="fastapps_auth"):
+        d = await VerifierChain(TokenIsSubject(), Leaky(name="leaky")).evaluate(raw)
+    assert d.status == 503
+    assert "withheld" in caplog.text
+    assert raw[0:20] not in caplog.text
+    assert raw[-17:] not in caplog.text

@@ -164,8 +164,12 @@ class AuditObserver(Observer[AuditOptions]):
         return f"{self._stamp_prefix}.{micro:06d}+00:00"
 
     def event(self, decision: Decision) -> dict[str, Any]:
-        """The fields of ``decision``'s audit event (never the token)."""
-        at = decision.access_token
+        """The fields of ``decision``'s audit event (never the token).
+
+        Subject and client come from the authenticated principal, so a user rejected by a
+        later stage (banned, rate limited) is named.
+        """
+        at = decision.principal
         out: dict[str, Any] = {
             "event": EVENT,
             "timestamp": self._timestamp(decision.started_at),
