@@ -1,0 +1,269 @@
+"""The ``jwt`` stage against bare ``cryptography`` verify, joserfc, PyJWT, FastMCP and FastApps.
+
+Side by side in one run, for RS256, ES256 and EdDSA: the stage on distinct tokens (every call parses
+and verifies a signature: the token cache is smaller than the token pool) and on a repeated token
+(the verified-token cache answers), both called directly and through ``VerifierChain.verify_token``;
+the bare signature verify of the same token (the floor of any verifier); joserfc and PyJWT decoding
+with claim checks; FastMCP's and FastApps' ``JWTVerifier``. Measurements are interleaved round by
+round and reported as medians, as ratios against the bare verify.
+Targets (RS256): distinct >= 0.5x bare, repeated >= 5x bare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import logging
+import os
+import statistics
+import warnings
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import jwt as pyjwt
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from joserfc import jwk as jose_jwk
+from joserfc import jwt as jose_jwt
+from joserfc.jwt import JWTClaimsRegistry
+
+from benchmarks.common import arate, fmt_rate, rate, table, write_page, write_results
+from fastapps_auth.chain import VerifierChain
+from fastapps_auth.clock import SYSTEM_CLOCK
+from fastapps_auth.stage import Verification
+from fastapps_auth.stages.jwt import JWTVerifier
+from tests.support.jwks_server import JWKSServer
+from tests.support.jwt_mint import SigningKey, signing_key
+
+AUDIENCE = "api://mcp"
+TARGETS = {"distinct": 0.5, "repeated": 5.0}
+
+
+def _claims(issuer: str, i: int, now: float) -> dict[str, Any]:
+    return {
+        "iss": issuer,
+        "sub": f"user-{i % 97}",
+        "aud": AUDIENCE,
+        "iat": int(now) - 10,
+        "exp": int(now) + 3600,
+        "scope": "read write",
+        "client_id": "bench",
+        "jti": str(i),
+    }
+
+
+def _bare(key: SigningKey, token: str) -> Callable[[], object]:
+    """The same signature verified with ``cryptography`` directly (no parsing, no claims)."""
+    h, p, s = token.split(".")
+    data = f"{h}.{p}".encode()
+    sig = base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+    pub = key.private.public_key()
+    if key.alg == "RS256":
+        pad, hsh = padding.PKCS1v15(), hashes.SHA256()
+        return lambda: pub.verify(sig, data, pad, hsh)
+    if key.alg == "ES256":
+        der = encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big"))
+        scheme = ec.ECDSA(hashes.SHA256())
+        return lambda: pub.verify(der, data, scheme)
+    return lambda: pub.verify(sig, data)
+
+
+def _bare_parts(key: SigningKey) -> Callable[[bytes, bytes], object]:
+    """``verify(signature, signing_input)`` for a JWS signature, with ``cryptography`` only."""
+    pub = key.private.public_key()
+    if key.alg == "RS256":
+        pad, hsh = padding.PKCS1v15(), hashes.SHA256()
+        return lambda sig, data: pub.verify(sig, data, pad, hsh)
+    if key.alg == "ES256":
+        scheme = ec.ECDSA(hashes.SHA256())
+        return lambda sig, data: pub.verify(
+            encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big")), data, scheme
+        )
+    return lambda sig, data: pub.verify(sig, data)
+
+
+class Cycle:
+    """Hands out the pool's tokens in turn."""
+
+    def __init__(self, tokens: list[str]) -> None:
+        self.tokens = tokens
+        self.i = 0
+
+    def __call__(self) -> str:
+        self.i = (self.i + 1) % len(self.tokens)
+        return self.tokens[self.i]
+
+
+async def measure_alg(alg: str, *, number: int, rounds: int, pool: int, srv: JWKSServer) -> dict[str, float]:
+    key = signing_key(alg)
+    issuer = srv.url
+    now = SYSTEM_CLOCK.time()
+    tokens = [key.token(_claims(issuer, i, now)) for i in range(pool)]
+    one = tokens[0]
+    opts = {"jwks": {"keys": [key.jwk()]}, "issuer_url": issuer, "audience": AUDIENCE, "algorithms": [alg]}
+    # the token cache holds half the pool: cycling through the pool always misses (oldest-first eviction)
+    distinct_stage = JWTVerifier(**opts, max_cached_tokens=max(1, pool // 2))
+    distinct_chain = VerifierChain(JWTVerifier(**opts, max_cached_tokens=max(1, pool // 2)))
+    repeated_stage = JWTVerifier(**opts)
+    repeated_chain = VerifierChain(JWTVerifier(**opts))
+
+    pem = key.pem()
+    jose_key = jose_jwk.import_key(key.jwk())
+    registry = JWTClaimsRegistry(iss={"essential": True, "value": issuer}, aud={"essential": True, "value": AUDIENCE})
+    pyjwt_key = pyjwt.PyJWK(key.jwk()).key
+
+    sync: dict[str, Callable[[], object]] = {"bare cryptography verify": _bare(key, one)}
+    cyc = {name: Cycle(tokens) for name in ("stage", "chain", "hand", "joserfc", "pyjwt", "fastmcp", "fastapps")}
+
+    async def stage_distinct() -> None:
+        v = Verification(cyc["stage"](), now=SYSTEM_CLOCK.time(), clock=SYSTEM_CLOCK)
+        await distinct_stage(v)
+
+    async def stage_repeated() -> None:
+        v = Verification(one, now=SYSTEM_CLOCK.time(), clock=SYSTEM_CLOCK)
+        await repeated_stage(v)
+
+    async def chain_distinct() -> object:
+        return await distinct_chain.verify_token(cyc["chain"]())
+
+    async def chain_repeated() -> object:
+        return await repeated_chain.verify_token(one)
+
+    def joserfc_decode() -> object:
+        tok = jose_jwt.decode(cyc["joserfc"](), jose_key, algorithms=[alg])
+        registry.validate(tok.claims)
+        return tok
+
+    def pyjwt_decode() -> object:
+        return pyjwt.decode(cyc["pyjwt"](), pyjwt_key, algorithms=[alg], audience=AUDIENCE, issuer=issuer)
+
+    hand_verify = _bare_parts(key)
+
+    def hand_written() -> object:
+        # The issue's reference point: split, base64, json.loads, verify, exp/iss/aud; no hardening.
+        tok = cyc["hand"]()
+        h, p, s = tok.split(".")
+        json.loads(base64.urlsafe_b64decode(h + "=" * (-len(h) % 4)))
+        c = json.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4)))
+        hand_verify(base64.urlsafe_b64decode(s + "=" * (-len(s) % 4)), f"{h}.{p}".encode())
+        if c["exp"] < now or c["iss"] != issuer or c["aud"] != AUDIENCE:
+            raise ValueError("invalid claims")
+        return c
+
+    sync["hand-written parse+verify+claims (reference)"] = hand_written
+    sync["joserfc decode + claims"] = joserfc_decode
+    sync["PyJWT decode"] = pyjwt_decode
+    asyncs: dict[str, Callable[[], Awaitable[object]]] = {
+        "jwt stage, distinct tokens": stage_distinct,
+        "jwt stage, repeated token": stage_repeated,
+        "VerifierChain(jwt).verify_token, distinct": chain_distinct,
+        "VerifierChain(jwt).verify_token, repeated": chain_repeated,
+    }
+
+    from fastmcp.server.auth.providers.jwt import JWTVerifier as FastMCPVerifier
+
+    if alg != "EdDSA":  # FastMCP's JWTVerifier does not support EdDSA
+        fastmcp = FastMCPVerifier(public_key=pem, issuer=issuer, audience=AUDIENCE, algorithm=alg)
+        assert await fastmcp.verify_token(one) is not None
+
+        async def fastmcp_verify() -> object:
+            return await fastmcp.verify_token(cyc["fastmcp"]())
+
+        asyncs["FastMCP JWTVerifier"] = fastmcp_verify
+    if alg == "RS256":  # fastapps.JWTVerifier accepts RS256 only, with keys from discovery
+        from fastapps import JWTVerifier as FastAppsVerifier
+
+        fastapps = FastAppsVerifier(issuer_url=issuer, audience=AUDIENCE)
+        assert await fastapps.verify_token(one) is not None
+
+        async def fastapps_verify() -> object:
+            return await fastapps.verify_token(cyc["fastapps"]())
+
+        asyncs["FastApps JWTVerifier"] = fastapps_verify
+
+    for fn in asyncs.values():  # every alternative must accept the token it is timed on
+        await fn()
+    assert await repeated_chain.verify_token(one) is not None
+    assert await distinct_chain.verify_token(tokens[1]) is not None
+
+    samples: dict[str, list[float]] = {name: [] for name in [*sync, *asyncs]}
+    for _ in range(rounds):  # interleaved: every alternative sees the same machine load
+        for name, sfn in sync.items():
+            samples[name].append(rate(sfn, number=number, rounds=1))
+        for name, afn in asyncs.items():
+            n = number * 10 if "repeated" in name else number
+            samples[name].append(await arate(afn, number=n, rounds=1))
+    for c in (distinct_chain, repeated_chain):
+        await c.aclose()
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
+async def main_async(smoke: bool) -> str:
+    number, rounds, pool = (20, 1, 20) if smoke else (1500, 7, 1000)
+    results: dict[str, dict[str, float]] = {}
+    with JWKSServer() as srv:
+        keys = [signing_key(a) for a in ("RS256", "ES256", "EdDSA")]
+        srv.serve_discovery()
+        srv.set_jwks([k.jwk() for k in keys])
+        for alg in ("RS256", "ES256", "EdDSA"):
+            results[alg] = await measure_alg(alg, number=number, rounds=rounds, pool=pool, srv=srv)
+
+    rows = []
+    for alg, res in results.items():
+        bare = res["bare cryptography verify"]
+        for name, r in res.items():
+            rows.append([alg, name, fmt_rate(r), f"{r / bare:.2f}x"])
+    out = table(["alg", "implementation", "rate", "vs bare verify"], rows)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    out = f"Load average at the end of the run: {load:.1f} on {os.cpu_count()} CPUs.\n\n" + out
+
+    rs = results["RS256"]
+    bare = rs["bare cryptography verify"]
+    checks = [
+        ("distinct", "jwt stage, distinct tokens", "VerifierChain(jwt).verify_token, distinct"),
+        ("repeated", "jwt stage, repeated token", "VerifierChain(jwt).verify_token, repeated"),
+    ]
+    summary = []
+    for kind, stage_name, chain_name in checks:
+        for label, name in (("stage", stage_name), ("chain", chain_name)):
+            ratio = rs[name] / bare
+            ok = "meets" if ratio >= TARGETS[kind] else "MISSES"
+            summary.append([f"RS256 {kind}, {label}", f"{ratio:.2f}x", f">= {TARGETS[kind]}x", ok])
+    out += "\n\nTargets (RS256):\n\n" + table(["measure", "ratio", "target", ""], summary)
+    if not smoke:
+        write_results(
+            "jwt",
+            [
+                {
+                    "label": f"jwt RS256 {kind} (chain) vs bare verify",
+                    "ratio": rs[chain_name] / bare,
+                    "target": TARGETS[kind],
+                    "note": f"{fmt_rate(rs[chain_name])} vs {fmt_rate(bare)}",
+                }
+                for kind, _stage_name, chain_name in checks
+            ],
+            title="JWT verification",
+        )
+        write_page(
+            "jwt",
+            "JWT verification",
+            __doc__.split("\n", 1)[1].strip() + "\n\n" + out,  # type: ignore[union-attr]
+            packages=("cryptography", "joserfc", "pyjwt", "fastmcp", "fastapps"),
+        )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--smoke", action="store_true", help="a few seconds, no page written (CI)")
+    args = parser.parse_args()
+    logging.getLogger("fastapps_auth").setLevel(logging.ERROR)
+    warnings.simplefilter("ignore")
+    print(asyncio.run(main_async(args.smoke)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Strict parsing of a compact JWS (``header.payload.signature``) before any key is touched.
+
+Every deviation is a ``Malformed``: non-ASCII, a part count other than three,
+non-canonical or non-alphabet base64url, invalid UTF-8, non-JSON literals
+(``NaN``, ``Infinity``), duplicate member names, nesting too deep to parse, or a
+header/payload that is not a JSON object.
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+from json.scanner import make_scanner
+from typing import Any
+
+_a2b = binascii.a2b_base64
+_TO_STD = bytes.maketrans(b"-_", b"+/")
+_PAD = (b"", b"===", b"==", b"=")
+_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_B64_VALUE = [_ALPHABET.find(bytes([i])) & 63 for i in range(256)]
+#: Mask of the bits of the last character that carry no data, by length mod 4.
+_UNUSED_BITS = (0, 0, 0b1111, 0b11)
+
+
+class Malformed(ValueError):
+    """The token is not a well-formed compact JWS with JSON-object header and payload."""
+
+
+def b64url(part: str) -> bytes:
+    """Decode unpadded base64url, rejecting anything but its canonical form."""
+    data = part.encode("ascii")  # the caller checked the token is ASCII
+    # '+', '/' and '=' are not base64url-unpadded; strict a2b rejects every other foreign byte.
+    if b"+" in data or b"/" in data or b"=" in data:
+        raise Malformed("invalid base64url")
+    rem = len(data) % 4
+    try:
+        raw = _a2b(data.translate(_TO_STD) + _PAD[rem], strict_mode=True)
+    except (binascii.Error, ValueError):
+        raise Malformed("invalid base64url") from None
+    # Canonical form only: unused trailing bits set would decode to the same bytes.
+    if rem and _B64_VALUE[data[-1]] & _UNUSED_BITS[rem]:
+        raise Malformed("non-canonical base64url")
+    return raw
+
+
+def _reject_constant(name: str) -> Any:
+    raise Malformed(f"non-JSON literal {name}")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise Malformed("duplicate member name")
+    return obj
+
+
+_STRICT = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
+_PLAIN = json.JSONDecoder(parse_constant=_reject_constant)
+# The decoders' scanners, called directly: no whitespace regexes on the common compact input.
+_SCAN_STRICT = make_scanner(_STRICT)  # type: ignore[arg-type]  # typeshed: the context is a decoder
+_SCAN_PLAIN = make_scanner(_PLAIN)  # type: ignore[arg-type]
+
+
+def json_object(raw: bytes, *, no_duplicates: bool = True) -> dict[str, Any]:
+    """A JSON object from UTF-8 bytes; anything else (arrays, numbers, deep nesting) is ``Malformed``.
+
+    ``no_duplicates`` rejects repeated member names (used for the protected header; a payload with
+    duplicates keeps the last value, which RFC 7519 §4 allows).
+    """
+    try:
+        text = raw.decode("utf-8")
+        try:
+            obj, end = (_SCAN_STRICT if no_duplicates else _SCAN_PLAIN)(text, 0)
+        except StopIteration:
+            end = -1
+        if end != len(text):  # surrounding whitespace, or garbage: let the full decoder decide
+            obj = (_STRICT if no_duplicates else _PLAIN).decode(text)
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise Malformed("invalid JSON") from None
+    if type(obj) is not dict:
+        raise Malformed("not a JSON object")
+    return obj
+
+
+def split(token: str) -> tuple[str, str, str]:
+    """The three parts of a compact JWS; JWE (five parts) and anything else is ``Malformed``."""
+    if not token.isascii():
+        raise Malformed("non-ASCII token")
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise Malformed("not a compact JWS")
+    return parts[0], parts[1], parts[2]
