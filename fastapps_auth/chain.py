@@ -18,7 +18,7 @@ from mcp.server.auth.provider import AccessToken
 
 from fastapps_auth.clock import SYSTEM_CLOCK, Clock
 from fastapps_auth.component import Component, ComponentOptions
-from fastapps_auth.decision import Decision, StageTrace
+from fastapps_auth.decision import Decision, Outcome, StageTrace
 from fastapps_auth.errors import Rejected, TransientError
 from fastapps_auth.observer import Observer
 from fastapps_auth.request import RequestInfo, current_request
@@ -64,37 +64,42 @@ def _log_failure(stage: Stage[Any], exc: BaseException, v: Verification, *, allo
     )
 
 
+async def run_stages(stages: tuple[Stage[Any], ...], v: Verification) -> None:
+    """Run ``stages`` in order, each with its trace entry and its ``on_error`` policy.
+
+    One coroutine for the whole sequence (not one per stage): this loop is the hot path.
+    """
+    trace = v.trace
+    for stage in stages:
+        if stage.composite:
+            await stage(v)
+            continue
+        v.cache_hit = None
+        t0 = perf_counter()
+        try:
+            await stage(v)
+        except Rejected as r:
+            if r.stage is None:
+                r.stage = stage.name
+            outcome: Outcome = "error-denied" if r.transient else "rejected"
+            trace.append(StageTrace(stage.name, outcome, perf_counter() - t0, v.cache_hit, r.reason))
+            raise
+        except Exception as exc:  # a transient failure, never a crash
+            allowed = stage.on_error == "allow" and not stage.authenticates
+            _log_failure(stage, exc, v, allowed=allowed)
+            outcome = "error-allowed" if allowed else "error-denied"
+            duration = perf_counter() - t0
+            trace.append(StageTrace(stage.name, outcome, duration, v.cache_hit, "unavailable", type(exc).__name__))
+            if not allowed:
+                raise _unavailable(stage, exc) from None
+            v.failed_open.append(stage.name)
+            continue
+        trace.append(StageTrace(stage.name, "passed", perf_counter() - t0, v.cache_hit))
+
+
 async def run_stage(stage: Stage[Any], v: Verification) -> None:
     """Run one stage with its trace entry and its ``on_error`` policy."""
-    if stage.composite:
-        await stage(v)
-        return
-    v.cache_hit = None
-    t0 = perf_counter()
-    try:
-        await stage(v)
-    except Rejected as r:
-        if r.stage is None:
-            r.stage = stage.name
-        v.trace.append(
-            StageTrace(
-                stage.name, "error-denied" if r.transient else "rejected", perf_counter() - t0, v.cache_hit, r.reason
-            )
-        )
-        raise
-    except Exception as exc:  # a transient failure, never a crash
-        allowed = stage.on_error == "allow" and not stage.authenticates
-        _log_failure(stage, exc, v, allowed=allowed)
-        duration = perf_counter() - t0
-        if allowed:
-            v.trace.append(
-                StageTrace(stage.name, "error-allowed", duration, v.cache_hit, "unavailable", type(exc).__name__)
-            )
-            v.failed_open.append(stage.name)
-            return
-        v.trace.append(StageTrace(stage.name, "error-denied", duration, v.cache_hit, "unavailable", type(exc).__name__))
-        raise _unavailable(stage, exc) from None
-    v.trace.append(StageTrace(stage.name, "passed", perf_counter() - t0, v.cache_hit))
+    await run_stages((stage,), v)
 
 
 class ChainOptions(StageOptions):
@@ -130,8 +135,7 @@ class VerifierChain(Stage[ChainOptions]):
     # -- the stage protocol (when nested) ------------------------------------------------
 
     async def __call__(self, v: Verification) -> None:
-        for stage in self.stages:
-            await run_stage(stage, v)
+        await run_stages(self.stages, v)
 
     # -- the public API ---------------------------------------------------------------------
 
@@ -148,7 +152,7 @@ class VerifierChain(Stage[ChainOptions]):
                 raise Rejected("missing_token", "no bearer token was presented")
             if len(raw) > MAX_TOKEN_CHARS:
                 raise Rejected("token_too_large", "the token is too large")
-            await self(v)
+            await run_stages(self.stages, v)
             if v.access_token is None:
                 raise Rejected("unauthenticated", "no stage authenticated the token")
             allowed = True
@@ -166,24 +170,26 @@ class VerifierChain(Stage[ChainOptions]):
             )
             rejection.stage = self.name
         rj = rejection
-        decision = Decision(
-            allowed,
-            v.access_token if allowed else None,
-            200 if rj is None else rj.status,
-            None if rj is None else rj.stage,
-            None if rj is None else rj.reason,
-            None if rj is None else rj.error,
-            None if rj is None else rj.description,
-            None if rj is None else rj.retry_after,
-            None if rj is None else rj.scope,
-            tuple(v.trace),
-            tuple(v.failed_open),
-            v.rate_limit,
-            v.digest.hex()[:12] if raw else "",
-            v.request,
-            started,
-            perf_counter() - t0,
-            v.access_token,
+        decision = Decision._make(
+            (
+                allowed,
+                v.access_token if allowed else None,
+                200 if rj is None else rj.status,
+                None if rj is None else rj.stage,
+                None if rj is None else rj.reason,
+                None if rj is None else rj.error,
+                None if rj is None else rj.description,
+                None if rj is None else rj.retry_after,
+                None if rj is None else rj.scope,
+                tuple(v.trace),
+                tuple(v.failed_open),
+                v.rate_limit,
+                v.digest.hex()[:12] if raw else "",
+                v.request,
+                started,
+                perf_counter() - t0,
+                v.access_token,
+            )
         )
         for observer in self.observers:
             try:
