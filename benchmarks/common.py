@@ -7,11 +7,12 @@ gate anything on absolute times.
 from __future__ import annotations
 
 import asyncio
+import json
 import platform
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -88,4 +89,44 @@ def write_page(area: str, title: str, body: str, *, packages: Sequence[str] = ()
     if packages:
         head += f" Versions: {versions(*packages)}."
     path.write_text(f"{head}\n\n{body.strip()}\n")
+    return path
+
+
+# -- structured results, for `python -m benchmarks` (the summary page and the chart) ------------------
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def write_results(area: str, rows: Sequence[Mapping[str, object]], *, title: str | None = None) -> Path:
+    """Write benchmarks/results/<area>.json so the runner can summarise every area in one table and chart.
+
+    Each row is ``{"label": str, "ratio": float, "target": float | None, "note": str}``: ``ratio`` is the
+    measured alternative ratio (higher is better for fastapps-auth), ``target`` the issue's bar if any,
+    ``note`` free text such as the two absolute rates. Extra keys are kept and ignored.
+    """
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    clean = []
+    for row in rows:
+        label, ratio = row.get("label"), row.get("ratio")
+        if not isinstance(label, str) or not isinstance(ratio, int | float):
+            raise ValueError(f"a result row needs a str 'label' and a numeric 'ratio': {row!r}")
+        target = row.get("target")
+        clean.append(
+            {
+                **row,
+                "label": label,
+                "ratio": float(ratio),
+                "target": float(target) if isinstance(target, int | float) else None,
+                "note": str(row.get("note", "")),
+            }
+        )
+    payload = {
+        "area": area,
+        "title": title or area,
+        "measured": time.strftime("%Y-%m-%d", time.gmtime()),
+        "machine": machine(),
+        "rows": clean,
+    }
+    path = RESULTS / f"{area}.json"
+    path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
