@@ -12,6 +12,8 @@ import json
 import logging
 import math
 import random
+import threading
+import time
 from collections.abc import Callable, Mapping, MutableMapping
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
@@ -80,12 +82,66 @@ def _json_default(value: object) -> str:
     return str(value)
 
 
-#: Built once: ``json.dumps`` with any keyword argument builds a new encoder per call.
-_ENCODER = json.JSONEncoder(default=_json_default, separators=(",", ":"))
+def _stdlib_dumps() -> Callable[[Any], str]:
+    encoder = json.JSONEncoder(default=_json_default, separators=(",", ":"))
+    return encoder.encode
+
+
+def _orjson_dumps() -> Callable[[Any], str] | None:
+    try:
+        import orjson
+    except ImportError:  # pragma: no cover - orjson is a dependency; the stdlib is the fallback
+        return None
+    dumps, option = orjson.dumps, orjson.OPT_NON_STR_KEYS
+
+    def encode(obj: Any) -> str:
+        return dumps(obj, default=_json_default, option=option).decode()
+
+    return encode
+
+
+#: orjson renders an event ~7x faster than the stdlib encoder (the largest part of an event's cost).
+_encode: Callable[[Any], str] = _orjson_dumps() or _stdlib_dumps()
 
 
 def _json_dumps(obj: Any, **kwargs: Any) -> str:
-    return _ENCODER.encode(obj)
+    return _encode(obj)
+
+
+class RecordFactory:
+    """``LogRecord``s for one logger, cloned from a template per (level, thread).
+
+    ``Logger.makeRecord`` recomputes per call what never changes between audit events
+    (process, thread and file names, the level's name): about 40% of the cost of an
+    event. Here that is done once; only the message and the times are set per record.
+    """
+
+    __slots__ = ("_logger", "_templates")
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+        self._templates: dict[tuple[int, int], dict[str, Any]] = {}
+
+    def make(self, level: int, message: str) -> logging.LogRecord:
+        key = (level, threading.get_ident())
+        template = self._templates.get(key)
+        if template is None:
+            if len(self._templates) >= 64:  # bounded: threads come and go
+                self._templates.clear()
+            record = self._logger.makeRecord(self._logger.name, level, __file__, 0, "", (), None, "__call__")
+            template = self._templates[key] = dict(record.__dict__)
+        record = _new_record(logging.LogRecord)
+        fields = record.__dict__
+        fields.update(template)
+        fields["msg"] = message
+        created = time.time()
+        fields["created"] = created
+        fields["msecs"] = (created - int(created)) * 1000
+        fields["relativeCreated"] = template["relativeCreated"] + (created - template["created"]) * 1000
+        return record
+
+
+_new_record = logging.LogRecord.__new__
 
 
 class AuditObserver(Observer[AuditOptions]):
@@ -123,6 +179,7 @@ class AuditObserver(Observer[AuditOptions]):
             )
         else:
             self._render = structlog.dev.ConsoleRenderer(colors=False)
+        self._records = RecordFactory(self._stdlib)
         self._stamp_second = -1
         self._stamp_prefix = ""
         #: Decisions logged and sampled out, for stats().
@@ -148,9 +205,7 @@ class AuditObserver(Observer[AuditOptions]):
             return
         assert self._render is not None
         line = self._render(None, "info" if level == logging.INFO else "warning", event)
-        # makeRecord + handle is Logger.log without findCaller's stack walk (a third of the cost).
-        logger = self._stdlib
-        logger.handle(logger.makeRecord(logger.name, level, __file__, 0, line, (), None, "__call__"))
+        self._stdlib.handle(self._records.make(level, line))
 
     def _timestamp(self, epoch: float) -> str:
         """ISO 8601 UTC with microseconds; the date-and-second part is formatted once per second."""
