@@ -1,0 +1,410 @@
+"""The rate-limit stage on the memory backend: rules, tiers, keys, 429s, fail-open, bounds."""
+
+from __future__ import annotations
+
+import sys
+import tracemalloc
+from typing import Any
+
+import pytest
+
+from fastapps_auth import AccessToken, ConfigError, Rejected, RequestInfo, VerifierChain, request_context
+from fastapps_auth.backends.ratelimit import check_uri, open_rate_limit_backend
+from fastapps_auth.backends.ratelimit_algorithm import US, Rule
+from fastapps_auth.backends.ratelimit_memory import MemoryRateLimitBackend
+from fastapps_auth.clock import ManualClock
+from fastapps_auth.config import chain_from_config
+from fastapps_auth.stage import Verification
+from fastapps_auth.stages.rate_limit import RateLimitStage
+from tests.support.stages import TokenIsSubject
+
+
+def token(
+    subject: str = "alice", *, client_id: str = "app", scopes: list[str] | None = None, **claims: Any
+) -> AccessToken:
+    return AccessToken(
+        token="t",
+        client_id=client_id,
+        scopes=scopes or [],
+        subject=subject,
+        claims={"sub": subject, **claims},
+        expires_at=None,
+    )
+
+
+def verification(clock: ManualClock, at: AccessToken | None = None, request: RequestInfo | None = None) -> Verification:
+    v = Verification("t", now=clock.time(), clock=clock, request=request)
+    v.access_token = at if at is not None else token()
+    return v
+
+
+async def admitted(stage: RateLimitStage, clock: ManualClock, n: int, at: AccessToken | None = None) -> int:
+    """How many of ``n`` back-to-back requests pass."""
+    ok = 0
+    for _ in range(n):
+        try:
+            await stage(verification(clock, at))
+            ok += 1
+        except Rejected:
+            pass
+    return ok
+
+
+# -- the rule -----------------------------------------------------------------------------------
+
+
+async def test_admits_the_burst_then_rejects_with_429_and_exact_retry_after(clock: ManualClock) -> None:
+    stage = RateLimitStage(limit=5, window=10, clock=clock)
+    assert await admitted(stage, clock, 5) == 5
+    v = verification(clock)
+    with pytest.raises(Rejected) as exc:
+        await stage(v)
+    r = exc.value
+    assert (r.reason, r.error, r.status) == ("rate_limited", "rate_limited", 429)
+    assert r.description == "rate limit exceeded (5 per 10s)"
+    assert r.retry_after == pytest.approx(2.0)  # one request frees every 10/5 s
+    assert v.rate_limit is not None
+    assert (v.rate_limit.limit, v.rate_limit.remaining, v.rate_limit.reset) == (5, 0, r.retry_after)
+    assert v.rate_limit.policy == "5;w=10"
+    # retry_after is exact: a microsecond early is still refused, on time is admitted.
+    clock.advance(r.retry_after - 2e-6)
+    assert await admitted(stage, clock, 1) == 0
+    clock.advance(2e-6)
+    assert await admitted(stage, clock, 1) == 1
+    assert await admitted(stage, clock, 1) == 0
+
+
+async def test_pass_exposes_remaining_and_reset_of_the_rule(clock: ManualClock) -> None:
+    stage = RateLimitStage(limit=3, window=30, clock=clock)
+    seen = []
+    for _ in range(3):
+        v = verification(clock)
+        await stage(v)
+        assert v.rate_limit is not None
+        seen.append((v.rate_limit.remaining, v.rate_limit.reset))
+    assert seen == [(2, pytest.approx(10.0)), (1, pytest.approx(20.0)), (0, pytest.approx(30.0))]
+
+
+async def test_an_idle_key_gets_its_full_burst_back(clock: ManualClock) -> None:
+    stage = RateLimitStage(limit=4, window=8, clock=clock)
+    assert await admitted(stage, clock, 10) == 4
+    clock.advance(8)
+    assert await admitted(stage, clock, 10) == 4
+
+
+async def test_burst_below_limit_spreads_requests(clock: ManualClock) -> None:
+    stage = RateLimitStage(limit=10, window=10, burst=2, clock=clock)
+    assert await admitted(stage, clock, 5) == 2
+    clock.advance(1)
+    assert await admitted(stage, clock, 5) == 1
+
+
+async def test_window_accepts_duration_strings(clock: ManualClock) -> None:
+    stage = RateLimitStage(limit=2, window="1h", clock=clock)
+    assert stage.rules[0].window == 3600
+    assert RateLimitStage(limit=2, window="250ms").rules[0].window == 0.25
+
+
+async def test_several_rules_all_apply_and_a_refusal_charges_none(clock: ManualClock) -> None:
+    stage = RateLimitStage(rules=[{"limit": 2, "window": 1}, {"limit": 3, "window": 3600}], clock=clock)
+    assert await admitted(stage, clock, 5) == 2  # the per-second rule binds
+    v = verification(clock)
+    with pytest.raises(Rejected) as exc:
+        await stage(v)
+    assert exc.value.retry_after == pytest.approx(0.5)
+    assert v.rate_limit is not None and v.rate_limit.limit == 2
+    clock.advance(1)
+    assert await admitted(stage, clock, 5) == 1  # now the hourly rule (3) binds
+    with pytest.raises(Rejected) as exc:
+        await stage(verification(clock))
+    assert exc.value.retry_after == pytest.approx(3600 / 3 - 1, abs=1e-3)  # one slot frees every 1200 s
+
+
+async def test_pass_reports_the_tightest_rule(clock: ManualClock) -> None:
+    stage = RateLimitStage(rules=[{"limit": 100, "window": 1}, {"limit": 3, "window": 3600}], clock=clock)
+    v = verification(clock)
+    await stage(v)
+    assert v.rate_limit is not None
+    assert (v.rate_limit.limit, v.rate_limit.remaining, v.rate_limit.window) == (3, 2, 3600)
+
+
+async def test_keys_are_independent(clock: ManualClock) -> None:
+    stage = RateLimitStage(limit=1, window=60, clock=clock)
+    assert await admitted(stage, clock, 3, token("alice")) == 1
+    assert await admitted(stage, clock, 3, token("bob")) == 1
+
+
+# -- keys ---------------------------------------------------------------------------------------
+
+
+async def test_key_client_id_and_claim(clock: ManualClock) -> None:
+    by_client = RateLimitStage(limit=1, window=60, key="client_id", clock=clock)
+    assert await admitted(by_client, clock, 1, token("alice", client_id="app")) == 1
+    assert await admitted(by_client, clock, 1, token("bob", client_id="app")) == 0
+    by_org = RateLimitStage(limit=1, window=60, key="claim:org", clock=clock)
+    assert await admitted(by_org, clock, 1, token("alice", org="acme")) == 1
+    assert await admitted(by_org, clock, 1, token("bob", org="acme")) == 0
+    assert await admitted(by_org, clock, 1, token("carol", org="other")) == 1
+
+
+async def test_key_ip_reads_the_request_context(clock: ManualClock) -> None:
+    stage = RateLimitStage(limit=1, window=60, key="ip", clock=clock)
+    await stage(verification(clock, token("alice"), RequestInfo(client_ip="10.0.0.1")))
+    with pytest.raises(Rejected):
+        await stage(verification(clock, token("bob"), RequestInfo(client_ip="10.0.0.1")))
+    await stage(verification(clock, token("alice"), RequestInfo(client_ip="10.0.0.2")))
+
+
+async def test_key_ip_without_middleware_fails_open_by_default_and_says_why(
+    clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    chain = VerifierChain(TokenIsSubject(), RateLimitStage(limit=1, window=60, key="ip"), clock=clock)
+    d = await chain.evaluate("user:alice")
+    assert d.allowed and list(d.failed_open) == ["rate-limit"]
+    assert "request context" in caplog.text and "middleware" in caplog.text
+    with request_context(RequestInfo(client_ip="10.1.1.1")):
+        assert (await chain.evaluate("user:alice")).allowed
+        d = await chain.evaluate("user:alice")
+    assert (d.allowed, d.status, d.reason) == (False, 429, "rate_limited")
+
+
+async def test_missing_claim_key_denies_with_503_when_on_error_is_deny(clock: ManualClock) -> None:
+    chain = VerifierChain(
+        TokenIsSubject(), RateLimitStage(limit=1, window=60, key="claim:org", on_error="deny"), clock=clock
+    )
+    d = await chain.evaluate("user:alice")
+    assert (d.allowed, d.status, d.stage) == (False, 503, "rate-limit")
+
+
+async def test_long_keys_are_hashed_so_memory_per_key_stays_bounded(clock: ManualClock) -> None:
+    store = MemoryRateLimitBackend(clock=clock)
+    stage = RateLimitStage(limit=1, window=60, clock=clock, store=store)
+    long = "x" * 10_000
+    await stage(verification(clock, token(long)))
+    assert store.peek(long) is None
+    assert len(store) == 1
+    with pytest.raises(Rejected):
+        await stage(verification(clock, token(long)))
+
+
+# -- tiers --------------------------------------------------------------------------------------
+
+
+async def test_tier_by_scope_inherits_the_window(clock: ManualClock) -> None:
+    stage = RateLimitStage(limit=2, window=60, tiers=[{"scope": "premium", "limit": 5}], clock=clock)
+    assert stage.tier_for(token(scopes=["premium"])) == (Rule.make(5, 60),)
+    assert await admitted(stage, clock, 10, token("p", scopes=["read", "premium"])) == 5
+    assert await admitted(stage, clock, 10, token("f", scopes=["read"])) == 2
+
+
+async def test_tier_by_claim_value_first_match_wins(clock: ManualClock) -> None:
+    stage = RateLimitStage(
+        limit=1,
+        window=60,
+        tiers=[
+            {"claim": "plan", "value": "pro", "rules": [{"limit": 3, "window": 60}]},
+            {"claim": "roles", "value": "admin", "unlimited": True},
+            {"claim": "plan", "value": "pro", "limit": 99},
+        ],
+        clock=clock,
+    )
+    assert await admitted(stage, clock, 10, token("a", plan="pro")) == 3
+    assert await admitted(stage, clock, 10, token("b", roles=["user", "admin"])) == 10
+    assert await admitted(stage, clock, 10, token("c", plan="free")) == 1
+    assert await admitted(stage, clock, 10, token("d", plan=True)) == 1  # a bool is not the string "pro"
+
+
+async def test_a_tier_keeps_its_own_count(clock: ManualClock) -> None:
+    stage = RateLimitStage(limit=1, window=60, tiers=[{"scope": "premium", "limit": 2}], clock=clock)
+    assert await admitted(stage, clock, 5, token("alice")) == 1
+    assert await admitted(stage, clock, 5, token("alice", scopes=["premium"])) == 2
+
+
+# -- configuration ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "key", "words"),
+    [
+        ({}, "limit", "needs limit"),
+        ({"limit": 10}, "window", "needs window"),
+        ({"limit": 0, "window": 1}, "limit", "greater than or equal"),
+        ({"limit": 10, "window": 0}, "window", "greater than"),
+        ({"limit": 10, "window": "soon"}, "window", "duration"),
+        ({"limit": 10, "window": 1, "burst": 11}, "burst", "between 1 and limit"),
+        ({"limit": 10, "window": 1, "rules": [{"limit": 1, "window": 1}]}, "rules", "not both"),
+        ({"rules": []}, "rules", "at least one rule"),
+        ({"rules": [{"limit": 1}]}, "rules.0.window", "required"),
+        ({"limit": 1, "window": 1, "key": "email"}, "key", "unknown key"),
+        ({"limit": 1, "window": 1, "backend": "mysql://x"}, "backend", "unsupported backend"),
+        ({"limit": 1, "window": 1, "backend": "redis://cache.internal:6379"}, "backend", "rediss://"),
+        ({"limit": 1, "window": 1, "backend": "redis://:s3cret@127.0.0.1:port/0"}, "backend", "not a valid Redis URL"),
+        ({"limit": 1, "window": 1, "tiers": [{"limit": 5}]}, "tiers[0].scope", "exactly one"),
+        ({"limit": 1, "window": 1, "tiers": [{"scope": "a", "claim": "b"}]}, "tiers[0].scope", "exactly one"),
+        ({"limit": 1, "window": 1, "tiers": [{"claim": "plan", "limit": 5}]}, "tiers[0].value", "needs value"),
+        ({"limit": 1, "window": 1, "tiers": [{"scope": "p"}]}, "tiers[0].limit", "needs limit"),
+        ({"limit": 1, "window": 1, "tiers": [{"scope": "p", "unlimited": True, "limit": 3}]}, "tiers[0].unlimited", ""),
+        (
+            {"rules": [{"limit": 1, "window": 1}, {"limit": 9, "window": 9}], "tiers": [{"scope": "p", "limit": 3}]},
+            "tiers[0].window",
+            "needs window",
+        ),
+        ({"limit": 1, "window": 1, "max_keys": 1}, "max_keys", "greater than or equal"),
+        ({"limit": 1, "window": 1, "colour": "red"}, "colour", "unknown option"),
+    ],
+)
+def test_bad_configuration_is_named_at_construction(options: dict[str, Any], key: str, words: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        RateLimitStage(**options)
+    assert "s3cret" not in str(exc.value)
+    assert exc.value.location.key == key
+    assert exc.value.location.stage == "rate-limit"
+    assert words in exc.value.detail
+
+
+def test_on_error_defaults_to_allow_and_timeout_to_100ms() -> None:
+    stage = RateLimitStage(limit=1, window=1)
+    assert stage.on_error == "allow"
+    assert stage.options.timeout == 0.1
+
+
+def test_backend_uris() -> None:
+    assert check_uri("memory://") == "memory"
+    assert check_uri("redis://127.0.0.1:6379/0") == "redis"
+    assert check_uri("redis://localhost") == "redis"
+    assert check_uri("rediss://cache.internal:6380") == "rediss"
+    assert check_uri("redis://cache.internal", allow_plaintext=True) == "redis"
+    with pytest.raises(ValueError, match="unsupported"):
+        check_uri("http://x")
+    assert isinstance(open_rate_limit_backend("memory://", max_keys=10), MemoryRateLimitBackend)
+    stage = RateLimitStage(limit=1, window=1, backend="redis://cache.internal:6379", insecure_backend=True)
+    assert type(stage.backend).__name__ == "RedisRateLimitBackend"
+
+
+async def test_from_config_file_shape_through_the_chain(clock: ManualClock) -> None:
+    from fastapps_auth import registry
+
+    registry.register("token-is-subject", TokenIsSubject)
+    try:
+        chain = chain_from_config(
+            {
+                "stages": [
+                    {"use": "token-is-subject"},
+                    {"use": "rate-limit", "limit": 2, "window": 3600, "backend": "${RL_URL:-memory://}"},
+                ]
+            },
+            clock=clock,
+            env={},
+        )
+    finally:
+        registry.unregister("token-is-subject")
+    async with chain:
+        first = await chain.evaluate("user:alice")
+        assert first.allowed and first.rate_limit is not None and first.rate_limit.remaining == 1
+        assert (await chain.evaluate("user:alice")).allowed
+        d = await chain.evaluate("user:alice")
+    assert (d.allowed, d.status, d.stage, d.reason, d.error) == (
+        False,
+        429,
+        "rate-limit",
+        "rate_limited",
+        "rate_limited",
+    )
+    assert d.retry_after == pytest.approx(1800.0)
+    assert d.rate_limit is not None and d.rate_limit.remaining == 0
+    assert d.as_dict()["rate_limit"] == {"limit": 2, "remaining": 0, "reset": d.retry_after}
+
+
+# -- memory backend bounds ----------------------------------------------------------------------
+
+
+def test_memory_keys_never_exceed_max_keys_and_active_keys_survive(clock: ManualClock) -> None:
+    store = MemoryRateLimitBackend(max_keys=1000, clock=clock)
+    rules = (Rule.make(1, 3600),)
+    assert store.hit_now("hot", rules).allowed
+    for i in range(20_000):
+        store.hit_now(f"user-{i}", rules)
+        assert len(store) <= 1000
+        if i % 100 == 0:  # the hot user keeps coming back: it is never forgotten, so stays limited
+            assert not store.hit_now("hot", rules).allowed
+    assert store.rotations > 0 and store.dropped > 0
+    assert store.stats()["keys"] == len(store)
+
+
+def test_memory_forgets_idle_keys_first(clock: ManualClock) -> None:
+    store = MemoryRateLimitBackend(max_keys=10, clock=clock)
+    rules = (Rule.make(1, 3600),)
+    store.hit_now("idle", rules)
+    for i in range(10):
+        store.hit_now(f"k{i}", rules)
+    assert store.peek("idle") is None  # forgotten after max_keys/2 newer keys arrived twice over
+    assert store.peek("k9") is not None
+
+
+def _deep_size(store: MemoryRateLimitBackend) -> int:
+    """Bytes held by the store's dicts, keys and values, rounded to pymalloc's 16-byte blocks."""
+    total = 0
+    for d in (store._young, store._old):
+        total += sys.getsizeof(d)
+        for k, v in d.items():
+            total += -(-sys.getsizeof(k) // 16) * 16 + -(-sys.getsizeof(v) // 16) * 16
+    return total
+
+
+def test_memory_per_key_is_at_most_150_bytes_over_a_million_keys(clock: ManualClock) -> None:
+    store = MemoryRateLimitBackend(max_keys=1_000_000, clock=clock)
+    rules = (Rule.make(10_000, 3600),)
+    hit = store.hit_now
+    for i in range(1_000_000):
+        hit(f"user-{i:07d}", rules)  # 12-character keys, like short subjects
+    assert len(store) == 1_000_000
+    per_key = _deep_size(store) / 1_000_000
+    assert per_key <= 150, per_key
+
+
+def test_tracemalloc_agrees_with_the_size_accounting(clock: ManualClock) -> None:
+    """What the allocator really handed out (keys included), on a sample small enough to trace quickly."""
+    store = MemoryRateLimitBackend(max_keys=1_000_000, clock=clock)
+    rules = (Rule.make(10_000, 3600),)
+    n = 60_000
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(n):
+            store.hit_now(f"user-{i:07d}", rules)
+        used = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert used / n <= 150, used / n
+    assert abs(used - _deep_size(store)) / used < 0.1
+
+
+def test_tats_are_integer_microseconds_of_the_injected_clock(clock: ManualClock) -> None:
+    store = MemoryRateLimitBackend(clock=clock)
+    rules = (Rule.make(4, 2),)
+    start = store.now()
+    assert start == round(clock.monotonic() * US)  # to the nearest microsecond
+    store.hit_now("a", rules)
+    assert store.peek("a") == start + 500_000
+
+
+async def test_a_key_cannot_spell_another_tiers_key(clock: ManualClock) -> None:
+    store = MemoryRateLimitBackend(clock=clock)
+    stage = RateLimitStage(
+        limit=1, window=60, key="claim:org", tiers=[{"scope": "p", "limit": 1}], clock=clock, store=store
+    )
+    assert await admitted(stage, clock, 1, token("a", org="x", scopes=["p"])) == 1
+    assert await admitted(stage, clock, 1, token("b", org="t0:x")) == 1  # not tier 0's "x"
+    assert sorted(store._young) == ["d:t0:x", "t0:x"]
+
+
+async def test_the_decision_reports_the_tightest_of_several_stages(clock: ManualClock) -> None:
+    per_user = RateLimitStage(limit=10, window=60, name="per-user")
+    per_client = RateLimitStage(limit=3, window=60, key="client_id", name="per-client")
+    chain = VerifierChain(TokenIsSubject(), per_user, per_client, clock=clock)
+    d = await chain.evaluate("user:alice")
+    assert d.rate_limit is not None and (d.rate_limit.limit, d.rate_limit.remaining) == (3, 2)
+    reversed_chain = VerifierChain(TokenIsSubject(), per_client, per_user, clock=clock)
+    d = await reversed_chain.evaluate("user:bob")
+    assert d.rate_limit is not None and (d.rate_limit.limit, d.rate_limit.remaining) == (3, 1)
+    assert per_user.stats()["keys"] == 2 and per_client.stats()["keys"] == 1
