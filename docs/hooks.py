@@ -6,64 +6,30 @@ docs cannot drift from the code. An unknown or broken plugin fails the build wit
 
 from __future__ import annotations
 
-import enum
 import re
-import types
-import typing
 from pathlib import Path
 from typing import Any
 
 from mkdocs.exceptions import PluginError as MkDocsPluginError
 from pydantic import BaseModel
-from pydantic.fields import FieldInfo
-from pydantic_core import PydanticUndefined
+
+from fastapps_auth.options_info import COMPUTED, REQUIRED, OptionInfo, options_of
 
 MARKER = re.compile(r"^[ \t]*<!--\s*options:\s*([A-Za-z0-9_.:-]+)\s*-->[ \t]*$", re.MULTILINE)
 
 
-def type_name(annotation: Any) -> str:
-    """A short, readable name for a field's type: ``str | None``, ``list[str]``, ``"deny" | "allow"``."""
-    if annotation is None or annotation is type(None):
-        return "None"
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin is typing.Annotated:
-        return type_name(args[0])
-    if origin is typing.Literal:
-        return " | ".join(repr(a).replace("'", '"') for a in args)
-    if origin in (typing.Union, types.UnionType):
-        return " | ".join(type_name(a) for a in args)
-    if origin is not None:
-        base = getattr(origin, "__name__", str(origin))
-        return f"{base}[{', '.join(type_name(a) for a in args)}]" if args else base
-    if isinstance(annotation, type):
-        if issubclass(annotation, enum.Enum):
-            return " | ".join(repr(m.value).replace("'", '"') for m in annotation)
-        return annotation.__name__
-    return str(annotation).replace("typing.", "")
-
-
-def default_text(field: FieldInfo) -> str:
+def default_text(info: OptionInfo) -> str:
     """The default as written in a config file, or *required*."""
-    if field.default_factory is not None:
-        try:
-            value = field.default_factory()  # type: ignore[call-arg]
-        except TypeError:
-            return "(computed)"
-    elif field.default is PydanticUndefined:
+    value = info.default
+    if value is REQUIRED:
         return "*required*"
-    else:
-        value = field.default
+    if value is COMPUTED:
+        return "(computed)"
     if value is None:
         return "—"
-    if isinstance(value, enum.Enum):
-        value = value.value
-    if isinstance(value, BaseModel):
-        value = value.model_dump()
-    text = repr(value).replace("'", '"')
     if isinstance(value, bool):
-        text = "true" if value else "false"
-    return f"`{text}`"
+        return "`true`" if value else "`false`"
+    return "`" + repr(value).replace("'", '"') + "`"
 
 
 def cell(text: str) -> str:
@@ -74,32 +40,19 @@ def cell(text: str) -> str:
     return "`".join(parts).strip()  # Python-Markdown keeps a pipe inside a code span in its cell
 
 
-def nested_models(annotation: Any) -> list[type[BaseModel]]:
-    """Pydantic models inside a field's type (``list[RuleOptions] | None`` → ``[RuleOptions]``)."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    found: list[type[BaseModel]] = []
-    for arg in typing.get_args(annotation):
-        for model in nested_models(arg):
-            if model not in found:
-                found.append(model)
-    return found
-
-
 def options_table(model: type[BaseModel], _seen: set[type[BaseModel]] | None = None) -> str:
     """The Markdown table of ``model``'s fields (option, type, default, description), then one per nested model."""
     rows = ["| Option | Type | Default | Description |", "|---|---|---|---|"]
     seen = _seen if _seen is not None else {model}
     nested: list[tuple[str, type[BaseModel]]] = []
-    for name, field in model.model_fields.items():
-        key = field.alias or name
-        description = field.description or ""
-        type_text = type_name(field.annotation)
-        rows.append(f"| `{key}` | `{type_text}` | {cell(default_text(field))} | {cell(description)} |")
-        for sub in nested_models(field.annotation):
+    for option in options_of(model):
+        rows.append(
+            f"| `{option.name}` | `{option.type_text}` | {cell(default_text(option))} | {cell(option.description)} |"
+        )
+        for sub in option.nested:
             if sub not in seen:
                 seen.add(sub)
-                nested.append((key, sub))
+                nested.append((option.name, sub))
     out = "\n".join(rows)
     for key, sub in nested:
         out += f"\n\nEach entry of `{key}` (`{sub.__name__}`):\n\n" + options_table(sub, seen)

@@ -11,20 +11,18 @@ import asyncio
 import importlib
 import json
 import sys
-import types
-import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
-from pydantic.fields import FieldInfo
-from pydantic_core import PydanticUndefined
+from pydantic import BaseModel
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from fastapps_auth.errors import ConfigError
+from fastapps_auth.options_info import COMPUTED, REQUIRED, OptionInfo, options_of
 
 app = typer.Typer(
     name="fastapps-auth",
@@ -51,58 +49,24 @@ def _fail(message: str) -> NoReturn:
 # -- plugins ------------------------------------------------------------------------------------
 
 
-def type_label(annotation: Any) -> str:
-    """A readable name for an option's type: ``str | None``, ``list[str]``, ``'deny' | 'allow'``."""
-    if annotation is None or annotation is type(None):
-        return "None"
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin is typing.Literal:
-        return " | ".join(repr(a) for a in args)
-    if origin in (typing.Union, types.UnionType):
-        return " | ".join(type_label(a) for a in args)
-    if origin is typing.Annotated:
-        return type_label(args[0])
-    if origin is not None:
-        name = getattr(origin, "__name__", str(origin))
-        return f"{name}[{', '.join(type_label(a) for a in args)}]" if args else name
-    if isinstance(annotation, type):
-        return annotation.__name__
-    return str(annotation).replace("typing.", "")
-
-
-def default_label(field: FieldInfo) -> str:
-    """The option's default as TOML would spell it, or ``required``."""
-    if field.is_required():
+def default_label(info: OptionInfo) -> str:
+    """The option's default as TOML/JSON would spell it, or ``required``."""
+    value = info.default
+    if value is REQUIRED:
         return "required"
-    if field.default_factory is not None:
-        try:
-            value = field.default_factory()  # type: ignore[call-arg]
-        except Exception:
-            return "(computed)"
-    else:
-        value = field.default
-    if value is PydanticUndefined:
-        return "required"
+    if value is COMPUTED:
+        return "(computed)"
     if value is None:
         return "-"
     return json.dumps(value, default=str)
 
 
-def option_rows(model: type[Any]) -> list[dict[str, str]]:
+def option_rows(model: type[BaseModel]) -> list[dict[str, str]]:
     """Name, type, default and description of every field of an options model."""
-    rows = []
-    fields: dict[str, FieldInfo] = getattr(model, "model_fields", None) or {}
-    for name, field in fields.items():
-        rows.append(
-            {
-                "name": name,
-                "type": type_label(field.annotation),
-                "default": default_label(field),
-                "description": field.description or "",
-            }
-        )
-    return rows
+    return [
+        {"name": o.name, "type": o.type_text, "default": default_label(o), "description": o.description}
+        for o in options_of(model)
+    ]
 
 
 @app.command("plugins")

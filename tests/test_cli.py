@@ -15,7 +15,8 @@ from pydantic import Field
 from typer.testing import CliRunner
 
 from fastapps_auth import Rejected, Stage, StageOptions, Verification, fingerprint, registry
-from fastapps_auth.cli import app, main, type_label
+from fastapps_auth.cli import app, main
+from fastapps_auth.options_info import type_label
 
 EXPIRES = 1_800_000_000
 GOOD = "cli-good-token-0123456789abcdefghijklmnop"
@@ -197,7 +198,7 @@ def test_plugins_json_lists_options_from_the_models(runner: CliRunner) -> None:
         "description": options["sample_allowed"]["description"],
     }
     assert "rejections" in options["sample_allowed"]["description"]
-    assert options["renderer"]["type"] == "'json' | 'logfmt' | 'console' | 'structlog'"
+    assert options["renderer"]["type"] == '"json" | "logfmt" | "console" | "structlog"'
     assert options["claims"]["default"] == "[]"
     mine = {o["name"]: o for o in records["cli-test-auth"]["options"]}
     assert mine["subjects"]["type"] == "dict[str, str]"
