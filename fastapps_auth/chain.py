@@ -102,6 +102,16 @@ async def run_stage(stage: Stage[Any], v: Verification) -> None:
     await run_stages((stage,), v)
 
 
+def _refuse_nested_observers(stage: Stage[Any]) -> None:
+    """Observers run once per decision, in the outermost chain: a nested chain's would never run."""
+    if isinstance(stage, VerifierChain) and stage.observers:
+        names = ", ".join(o.name for o in stage.observers)
+        raise TypeError(
+            f"the nested chain {stage.name!r} has observers ({names}) that would never run: "
+            "give them to the outermost chain"
+        )
+
+
 class ChainOptions(StageOptions):
     """A chain's own options (only its name; its stages are given directly)."""
 
@@ -124,6 +134,7 @@ class VerifierChain(Stage[ChainOptions]):
         for s in stages:
             if not isinstance(s, Stage):
                 raise TypeError(f"VerifierChain takes stages; got {type(s).__name__} (observers go in observers=)")
+            _refuse_nested_observers(s)
         for o in observers:
             if not isinstance(o, Observer):
                 raise TypeError(f"observers must be Observer instances; got {type(o).__name__}")
@@ -253,6 +264,8 @@ class AnyOf(Stage[ChainOptions]):
         super().__init__(clock=clock, name=name or "any-of")
         if not alternatives:
             raise ValueError("AnyOf needs at least one alternative")
+        for alt in alternatives:
+            _refuse_nested_observers(alt)
         self.alternatives: tuple[Stage[Any], ...] = alternatives
 
     async def __call__(self, v: Verification) -> None:

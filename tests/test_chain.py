@@ -257,3 +257,11 @@ async def test_failure_messages_that_quote_the_token_are_withheld(quote: Any, ca
     assert "withheld" in caplog.text
     assert raw[0:20] not in caplog.text
     assert raw[-17:] not in caplog.text
+
+
+def test_a_nested_chain_with_observers_is_refused() -> None:
+    inner = VerifierChain(TokenIsSubject(), observers=[Recorder()], name="inner")
+    with pytest.raises(TypeError, match="'inner' has observers \\(recorder\\)"):
+        VerifierChain(inner)
+    with pytest.raises(TypeError, match="outermost chain"):
+        AnyOf(inner)
