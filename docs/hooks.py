@@ -13,23 +13,17 @@ from typing import Any
 from mkdocs.exceptions import PluginError as MkDocsPluginError
 from pydantic import BaseModel
 
-from fastapps_auth.options_info import COMPUTED, REQUIRED, OptionInfo, options_of
+from fastapps_auth.options_info import COMPUTED, OptionInfo, options_of
 
 MARKER = re.compile(r"^[ \t]*<!--\s*options:\s*([A-Za-z0-9_.:-]+)\s*-->[ \t]*$", re.MULTILINE)
 
 
 def default_text(info: OptionInfo) -> str:
     """The default as written in a config file, or *required*."""
-    value = info.default
-    if value is REQUIRED:
-        return "*required*"
-    if value is COMPUTED:
-        return "(computed)"
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return "`true`" if value else "`false`"
-    return "`" + repr(value).replace("'", '"') + "`"
+    text = info.default_text
+    if text is not None:
+        return f"`{text}`"
+    return "*required*" if info.required else "(computed)" if info.default is COMPUTED else "—"
 
 
 def cell(text: str) -> str:

@@ -22,7 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fastapps_auth.errors import ConfigError
-from fastapps_auth.options_info import COMPUTED, REQUIRED, OptionInfo, options_of
+from fastapps_auth.options_info import COMPUTED, OptionInfo, options_of
 
 app = typer.Typer(
     name="fastapps-auth",
@@ -51,14 +51,10 @@ def _fail(message: str) -> NoReturn:
 
 def default_label(info: OptionInfo) -> str:
     """The option's default as TOML/JSON would spell it, or ``required``."""
-    value = info.default
-    if value is REQUIRED:
-        return "required"
-    if value is COMPUTED:
-        return "(computed)"
-    if value is None:
-        return "-"
-    return json.dumps(value, default=str)
+    text = info.default_text
+    if text is not None:
+        return text
+    return "required" if info.required else "(computed)" if info.default is COMPUTED else "-"
 
 
 def option_rows(model: type[BaseModel]) -> list[dict[str, str]]:

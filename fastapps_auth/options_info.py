@@ -7,6 +7,7 @@ drift from the code nor from each other.
 from __future__ import annotations
 
 import enum
+import json
 import types
 import typing
 from dataclasses import dataclass
@@ -87,6 +88,15 @@ class OptionInfo:
     @property
     def required(self) -> bool:
         return self.default is REQUIRED
+
+    @property
+    def default_text(self) -> str | None:
+        """The default as a config file spells it (``true``, ``"deny"``, ``["RS256"]``); ``None`` when
+        there is none to show (required, computed, or ``None``): see ``required``."""
+        value = self.default
+        if value is REQUIRED or value is COMPUTED or value is None:
+            return None
+        return json.dumps(value, default=str)
 
 
 def options_of(model: type[BaseModel]) -> list[OptionInfo]:
