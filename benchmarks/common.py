@@ -7,6 +7,7 @@ gate anything on absolute times.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import platform
 import statistics
@@ -51,6 +52,28 @@ async def arate(fn: Callable[[], Awaitable[object]], *, number: int, rounds: int
             number = per_task * concurrency
         samples.append(number / (time.perf_counter() - t0))
     return statistics.median(samples)
+
+
+async def interleaved(
+    alternatives: Mapping[str, Callable[[], object]], *, number: int, rounds: int = 5
+) -> dict[str, float]:
+    """Median calls per second of each alternative, measured round-robin: round r times every
+    alternative once before round r+1 starts, so drift on a shared machine hits all alike.
+    An alternative may be synchronous or return an awaitable (awaited sequentially)."""
+    samples: dict[str, list[float]] = {name: [] for name in alternatives}
+    for fn in alternatives.values():  # warm-up
+        result = fn()
+        if inspect.isawaitable(result):
+            await result
+    for _ in range(rounds):
+        for name, fn in alternatives.items():
+            t0 = time.perf_counter()
+            for _ in range(number):
+                result = fn()
+                if inspect.isawaitable(result):
+                    await result
+            samples[name].append(number / (time.perf_counter() - t0))
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def fmt_rate(r: float) -> str:
