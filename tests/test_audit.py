@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -337,3 +338,26 @@ def test_timestamp_formatting_matches_datetime(epoch: float) -> None:
     expected = datetime.fromtimestamp(epoch, UTC).isoformat(timespec="microseconds")
     assert audit.event(Decision(False, None, started_at=epoch))["timestamp"] == expected
     assert audit.event(Decision(False, None, started_at=epoch))["timestamp"] == expected  # cached prefix path
+
+
+def test_records_from_the_template_format_like_logger_made_ones() -> None:
+    import os
+    import threading
+
+    from fastapps_auth.stages.audit import RecordFactory
+
+    logger = logging.getLogger("fastapps_auth.audit.template-test")
+    factory = RecordFactory(logger)
+    fmt = logging.Formatter("%(name)s %(levelname)s %(process)d %(thread)d %(message)s")
+    for level in (logging.INFO, logging.WARNING, logging.INFO):
+        record = factory.make(level, "hello")
+        assert fmt.format(record) == (
+            f"{logger.name} {logging.getLevelName(level)} {os.getpid()} {threading.get_ident()} hello"
+        )
+        assert abs(record.created - time.time()) < 5
+        assert 0 <= record.msecs < 1000
+    seen: list[int] = []
+    worker = threading.Thread(target=lambda: seen.append(factory.make(logging.INFO, "x").thread or 0))
+    worker.start()
+    worker.join()
+    assert seen == [worker.ident]
