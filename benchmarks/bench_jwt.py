@@ -238,12 +238,13 @@ async def main_async(smoke: bool) -> str:
             "jwt",
             [
                 {
-                    "label": f"jwt RS256 {kind} (chain) vs bare verify",
-                    "ratio": rs[chain_name] / bare,
+                    "label": f"jwt RS256 {kind} ({label}) vs bare verify",
+                    "ratio": rs[name] / bare,
                     "target": TARGETS[kind],
-                    "note": f"{fmt_rate(rs[chain_name])} vs {fmt_rate(bare)}",
+                    "note": f"{fmt_rate(rs[name])} vs {fmt_rate(bare)}",
                 }
-                for kind, _stage_name, chain_name in checks
+                for kind, stage_name, chain_name in checks
+                for label, name in (("stage", stage_name), ("chain", chain_name))
             ],
             title="JWT verification",
         )
