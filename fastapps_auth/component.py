@@ -21,7 +21,7 @@ OnError = Literal["deny", "allow"]
 class ComponentOptions(BaseModel):
     """Options every component accepts. Subclasses add their own; unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str | None = Field(default=None, description="Name in traces, logs and metrics (default: the plugin name).")
 
