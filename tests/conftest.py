@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 
 import pytest
+from hypothesis import settings
 
 from fastapps_auth.clock import ManualClock
 from tests.support.services import PG_HOST, PG_PORT, REDIS_HOST, REDIS_PORT, require_service
 from tests.support.tcp_proxy import TCPProxy
+
+# CI replays the same examples on every run (a red CI is about the change, not a lucky draw);
+# developers' runs keep exploring new ones, and hypothesis prints a failing example's blob.
+settings.register_profile("ci", derandomize=True, print_blob=True, deadline=None)
+settings.register_profile("dev", print_blob=True, deadline=None)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
 @pytest.fixture
