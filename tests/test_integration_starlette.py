@@ -15,7 +15,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from fastapps_auth import AccessToken, RateLimitInfo, Rejected, Stage, Verification, VerifierChain
+from fastapps_auth import (
+    AccessToken,
+    Decision,
+    Observer,
+    RateLimitInfo,
+    Rejected,
+    Stage,
+    Verification,
+    VerifierChain,
+)
 from fastapps_auth.component import ComponentOptions
 from fastapps_auth.integrations.starlette import (
     STATE_KEY,
@@ -144,11 +153,23 @@ async def test_missing_scope_is_403_insufficient_scope(auth: TableAuth) -> None:
 
 
 async def test_middleware_required_scopes(auth: TableAuth) -> None:
-    async with client(make_app(VerifierChain(auth), required_scopes=["write"])) as c:
+    seen: list[Decision] = []
+
+    class Record(Observer[ComponentOptions]):
+        plugin_name: ClassVar[str] = "record"
+
+        def __call__(self, decision: Decision) -> None:
+            seen.append(decision)
+
+    chain = VerifierChain(auth, observers=[Record()])
+    async with client(make_app(chain, required_scopes=["write"])) as c:
         denied = await c.get("/mcp", headers=bearer("good"))
         allowed = await c.get("/mcp", headers=bearer("writer"))
     assert denied.status_code == 403 and 'scope="write"' in denied.headers["www-authenticate"]
     assert allowed.status_code == 200
+    # the observers record the refusal the client got, once, from the chain's last stage
+    assert [(d.allowed, d.status, d.stage) for d in seen] == [(False, 403, "required-scopes"), (True, 200, None)]
+    assert auth.calls == 2
 
 
 async def test_rate_limited_is_429_with_retry_after_and_ratelimit_headers(auth: TableAuth) -> None:

@@ -26,6 +26,7 @@ from fastapps_auth.chain import VerifierChain
 from fastapps_auth.decision import Decision, RateLimitInfo
 from fastapps_auth.fingerprint import token_digest
 from fastapps_auth.request import RequestInfo, current_request
+from fastapps_auth.stages.scopes import ScopesStage
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -274,7 +275,8 @@ class ChainAuthMiddleware:
     ``paths``: path prefixes to protect (default: all); ``exempt``: prefixes never
     checked (default: ``/.well-known/``). ``anonymous="allow"`` lets requests with no
     credentials through unauthenticated (a bad token is still refused).
-    ``required_scopes`` are checked after the chain allows (403). ``trusted_proxies``
+    ``required_scopes`` run as one more stage at the end of the chain (403, seen by the
+    chain's observers like any other refusal). ``trusted_proxies``
     are CIDRs whose X-Forwarded-For is believed.
     """
 
@@ -305,6 +307,17 @@ class ChainAuthMiddleware:
         self.exempt = tuple(exempt)
         self.allow_anonymous = anonymous == "allow"
         self.required_scopes = tuple(required_scopes)
+        # Server-wide scopes are a last stage of the chain, not a check after it: the decision the
+        # observers record is the one the client gets. Same stages and observers, so same caches.
+        self._chain = chain
+        if self.required_scopes:
+            self._chain = VerifierChain(
+                *chain.stages,
+                ScopesStage(required=list(self.required_scopes), name="required-scopes"),
+                observers=chain.observers,
+                clock=chain.clock,
+                name=chain.name,
+            )
         self.trusted = parse_networks(trusted_proxies)
         self.max_body_bytes = max_body_bytes
         self.on_decision = on_decision
@@ -356,11 +369,7 @@ class ChainAuthMiddleware:
             finally:
                 current_request.reset(reset)
             return
-        decision = await self.chain.evaluate(token, request=info)
-        if decision.allowed and self.required_scopes and decision.access_token is not None:
-            missing = [s for s in self.required_scopes if s not in decision.access_token.scopes]
-            if missing:
-                decision = _scope_denial(decision, missing)
+        decision = await self._chain.evaluate(token, request=info)
         scope.setdefault("state", {})[STATE_KEY] = decision
         if self.on_decision is not None:
             self.on_decision(scope, decision)
@@ -379,24 +388,6 @@ class ChainAuthMiddleware:
         finally:
             current_request.reset(reset)
             _current.reset(held)
-
-
-def _scope_denial(decision: Decision, missing: list[str]) -> Decision:
-    scope = " ".join(missing)
-    return Decision(
-        False,
-        None,
-        status=403,
-        stage="middleware",
-        reason="insufficient_scope",
-        error="insufficient_scope",
-        description=f"the token lacks the required scope: {scope}",
-        scope=scope,
-        trace=decision.trace,
-        rate_limit=decision.rate_limit,
-        fingerprint=decision.fingerprint,
-        request=decision.request,
-    )
 
 
 def _authenticate_scope(scope: Scope, decision: Decision) -> None:
