@@ -5,9 +5,8 @@ The 2.x/4.x versions of the same hosts are tested in ``tests/hosts`` (``make tes
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
-import httpx
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.fastmcp import FastMCP as SDKFastMCP
 from pydantic import AnyHttpUrl
@@ -17,7 +16,7 @@ from fastapps_auth.component import ComponentOptions
 from fastapps_auth.integrations.mcp import metadata_url, protect, token_verifier
 from fastapps_auth.stage import StageOptions
 from fastapps_auth.stages.scopes import ScopesStage
-from tests.hosts.support import INITIALIZE, ISSUER, MCP_HEADERS, RESOURCE, AsyncServer, Issuer, jwt_stage, rpc
+from tests.hosts.support import ISSUER, RESOURCE, AsyncServer, Issuer, jwt_stage, raw, rpc
 
 META = metadata_url(RESOURCE)
 
@@ -32,12 +31,6 @@ class Counting(Stage[StageOptions]):
 
     async def __call__(self, v: Verification) -> None:
         self.calls += 1
-
-
-async def post(url: str, token: str | None, body: dict[str, Any] | None = None) -> httpx.Response:
-    headers = {**MCP_HEADERS, **({"Authorization": f"Bearer {token}"} if token else {})}
-    async with httpx.AsyncClient(timeout=30) as http:
-        return await http.post(f"{url}/mcp", json=body or INITIALIZE, headers=headers)
 
 
 async def test_sdk_server_behind_the_middleware_runs_the_chain_once() -> None:
@@ -57,11 +50,11 @@ async def test_sdk_server_behind_the_middleware_runs_the_chain_once() -> None:
     )
     app = protect(server.streamable_http_app(), chain, resource_url=RESOURCE)
     async with AsyncServer(app) as srv:
-        ok = await post(srv.url, issuer.mint("alice"))
+        ok = await raw(srv.url, issuer.mint("alice"))
         runs_for_one_request = counting.calls
-        none = await post(srv.url, None)
-        denied = await post(srv.url, issuer.mint("alice"), rpc("tools/call", {"name": "admin"}))
-        no_read = await post(srv.url, issuer.mint("alice", scope="other"))
+        none = await raw(srv.url, None)
+        denied = await raw(srv.url, issuer.mint("alice"), rpc("tools/call", {"name": "admin"}))
+        no_read = await raw(srv.url, issuer.mint("alice", scope="other"))
     await chain.aclose()
     assert ok.status_code == 200
     assert runs_for_one_request == 1
@@ -90,8 +83,8 @@ async def test_fastmcp2_adapter_with_remote_auth_provider() -> None:
     app = protect(mcp.http_app(stateless_http=True), chain, resource_url=RESOURCE)
     call = rpc("tools/call", {"name": "whoami", "arguments": {}})
     async with AsyncServer(app) as srv:
-        ok = await post(srv.url, issuer.mint("alice"), call)
-        bad = await post(srv.url, "garbage")
+        ok = await raw(srv.url, issuer.mint("alice"), call)
+        bad = await raw(srv.url, "garbage")
     await chain.aclose()
     assert ok.status_code == 200 and "subject=alice" in ok.text
     assert bad.status_code == 401 and 'error="invalid_token"' in bad.headers["www-authenticate"]

@@ -11,6 +11,7 @@ import threading
 import time
 from typing import Any
 
+import httpx
 import uvicorn
 from joserfc import jwt
 from joserfc.jwk import RSAKey
@@ -150,6 +151,13 @@ INITIALIZE = rpc(
     {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}},
 )
 MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+
+async def raw(url: str, token: str | None, body: dict[str, Any] | None = None) -> httpx.Response:
+    """POST one JSON-RPC message (``initialize`` by default) to ``{url}/mcp``, bearer token optional."""
+    headers = {**MCP_HEADERS, **({"Authorization": f"Bearer {token}"} if token else {})}
+    async with httpx.AsyncClient(timeout=30) as http:
+        return await http.post(f"{url}/mcp", json=body or INITIALIZE, headers=headers)
 
 
 USERS = [("alice", True, False), ("mallory", True, True), ("carol", True, False)]

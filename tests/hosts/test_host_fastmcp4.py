@@ -26,14 +26,13 @@ from fastapps_auth.stages.scopes import ScopesStage
 from fastapps_auth.stages.tenant import TenantStage
 from fastapps_auth.stages.user_status import UserStatusStage
 from tests.hosts.support import (
-    INITIALIZE,
     ISSUER,
-    MCP_HEADERS,
     RESOURCE,
     AsyncServer,
     Issuer,
     UsersTable,
     jwt_stage,
+    raw,
     rpc,
 )
 from tests.support.tcp_proxy import TCPProxy
@@ -76,12 +75,6 @@ def make(issuer: Issuer, users: UsersTable, *, limit: int = 100) -> tuple[Any, V
 
     app = protect(mcp.http_app(stateless_http=True), chain, resource_url=RESOURCE)
     return app, chain
-
-
-async def raw(url: str, token: str | None, body: dict[str, Any] | None = None) -> httpx.Response:
-    headers = {**MCP_HEADERS, **({"Authorization": f"Bearer {token}"} if token else {})}
-    async with httpx.AsyncClient(timeout=30) as http:
-        return await http.post(f"{url}/mcp", json=body or INITIALIZE, headers=headers)
 
 
 async def test_adapter_is_a_fastmcp_token_verifier(issuer: Issuer) -> None:

@@ -30,14 +30,13 @@ from fastapps_auth.stages.rate_limit import RateLimitStage
 from fastapps_auth.stages.scopes import ScopesStage
 from fastapps_auth.stages.user_status import UserStatusStage
 from tests.hosts.support import (
-    INITIALIZE,
     ISSUER,
-    MCP_HEADERS,
     RESOURCE,
     AsyncServer,
     Issuer,
     UsersTable,
     jwt_stage,
+    raw,
     rpc,
 )
 from tests.support.tcp_proxy import TCPProxy
@@ -107,12 +106,6 @@ async def call_tool(url: str, token: str, tool: str) -> Any:
     ):
         await session.initialize()
         return await session.call_tool(tool, {})
-
-
-async def raw(url: str, token: str | None, body: dict[str, Any] | None = None) -> httpx.Response:
-    headers = {**MCP_HEADERS, **({"Authorization": f"Bearer {token}"} if token else {})}
-    async with httpx.AsyncClient(timeout=30) as http:
-        return await http.post(f"{url}/mcp", json=body or INITIALIZE, headers=headers)
 
 
 async def test_mcpserver_valid_token_shows_the_subject_and_runs_the_chain_once(
