@@ -23,7 +23,7 @@ from fastapps_auth.stages.rate_limit import RateLimitStage
 from fastapps_auth.stages.scopes import ScopesStage
 from fastapps_auth.stages.tenant import TenantStage
 from fastapps_auth.stages.user_status import UserStatusStage
-from tests.hosts.support import INITIALIZE, ISSUER, MCP_HEADERS, RESOURCE, AsyncServer, Issuer, jwt_stage, rpc
+from tests.hosts.support import ISSUER, RESOURCE, AsyncServer, Issuer, jwt_stage, raw, rpc
 from tests.support.tcp_proxy import TCPProxy
 
 TABLE = "int6_widget_users"
@@ -150,12 +150,6 @@ async def call(url: str, token: str | None, tool: str) -> Any:
         return await session.call_tool(tool, {})
 
 
-async def raw(url: str, token: str | None, body: dict[str, Any] | None = None) -> httpx.Response:
-    headers = {**MCP_HEADERS, **({"Authorization": f"Bearer {token}"} if token else {})}
-    async with httpx.AsyncClient(timeout=30) as http:
-        return await http.post(f"{url}/mcp", json=body or INITIALIZE, headers=headers)
-
-
 async def test_valid_token_reaches_the_widget_with_a_user_context(issuer: Issuer, users_dsn: str) -> None:
     server, chain = make_server(issuer, users_dsn)
     token = issuer.mint("alice", scope="read write", **{"https://example.com/tenant_id": "acme"})
@@ -272,3 +266,7 @@ def test_construction_matches_fastapps_signature(issuer: Issuer) -> None:
     assert "https://cdn.example.com" in (server.widgets_by_id["whoami"].widget_csp or {})["resource_domains"]
     built = WidgetMCPServer("w", [build(WhoAmI)], auth_issuer_url=ISSUER, auth_resource_server_url=RESOURCE)
     assert built.chain is not None and [s.plugin_name for s in built.chain.stages] == ["jwt"]
+    scoped = WidgetMCPServer("w", [build(WhoAmI)], auth_issuer_url=ISSUER, auth_required_scopes=["read"])
+    # the scopes run once, as the middleware's last stage, not also inside the built chain
+    assert scoped.chain is not None and [s.plugin_name for s in scoped.chain.stages] == ["jwt"]
+    assert scoped.server_auth_scopes == ["read"]

@@ -28,7 +28,6 @@ from fastapps_auth.integrations.starlette import (
     current_access_token,
 )
 from fastapps_auth.stage import Stage, StageOptions, Verification
-from fastapps_auth.stages.scopes import ScopesStage
 
 if TYPE_CHECKING:
     from fastapps.core.widget import BaseWidget
@@ -57,10 +56,11 @@ class VerifierStage(Stage[StageOptions]):
         v.access_token = at
 
 
-def _as_chain(
-    verifier: Any, issuer_url: str | None, audience: str | None, scopes: Sequence[str]
-) -> VerifierChain | None:
-    """The chain to run: the one given, a given verifier wrapped, or a ``jwt`` stage for the issuer."""
+def _as_chain(verifier: Any, issuer_url: str | None, audience: str | None) -> VerifierChain | None:
+    """The chain to run: the one given, a given verifier wrapped, or a ``jwt`` stage for the issuer.
+
+    ``auth_required_scopes`` are not added here: the middleware runs them as the chain's last stage.
+    """
     if isinstance(verifier, VerifierChain):
         return verifier
     if verifier is not None:
@@ -75,10 +75,7 @@ def _as_chain(
     jwt = load("jwt")(**options)
     if not isinstance(jwt, Stage):
         raise TypeError("the 'jwt' plugin is not a stage")
-    stages: list[Stage[Any]] = [jwt]
-    if scopes:
-        stages.append(ScopesStage(required=list(scopes)))
-    return VerifierChain(*stages)
+    return VerifierChain(jwt)
 
 
 class _RequestWithContext:
@@ -136,7 +133,7 @@ class WidgetMCPServer(_FastAppsServer):  # type: ignore[misc, unused-ignore]
         self.global_connect_domains = global_connect_domains or []
         self._configure_widget_csp(widgets)
 
-        self.chain = _as_chain(token_verifier, auth_issuer_url, auth_audience, auth_required_scopes or ())
+        self.chain = _as_chain(token_verifier, auth_issuer_url, auth_audience)
         self.server_requires_auth = self.chain is not None and anonymous == "deny"
         self.server_auth_scopes = list(auth_required_scopes or [])
         self.auth_issuer_url = auth_issuer_url
