@@ -196,13 +196,29 @@ async def test_sampling_drops_only_allowed_decisions_at_the_configured_rate(logs
     for _ in range(200):
         await chain.evaluate(ALICE)
         await chain.evaluate(MALLORY)
-    draws = random.Random(42)
-    expected_allowed = sum(draws.random() < 0.25 for _ in range(200))
     outcomes = [e["outcome"] for e in events(logs)]
-    assert outcomes.count("rejected") == 200
-    assert outcomes.count("allowed") == expected_allowed
-    assert 20 < expected_allowed < 80
-    assert audit.stats() == {"logged": 200.0 + expected_allowed, "sampled_out": 200.0 - expected_allowed}
+    logged_allowed = outcomes.count("allowed")
+    assert outcomes.count("rejected") == 200  # never sampled
+    assert 20 < logged_allowed < 80  # 50 expected; seeded, so this is deterministic
+    assert audit.stats() == {"logged": 200.0 + logged_allowed, "sampled_out": 200.0 - logged_allowed}
+
+
+@pytest.mark.parametrize("rate", [0.01, 0.25, 0.9])
+def test_sampling_keeps_the_configured_fraction_of_allowed_decisions(rate: float) -> None:
+    """Skipping a geometric number of decisions is Bernoulli sampling: the kept share converges to the rate."""
+    log = logging.getLogger("fastapps_auth.audit.sampling-test")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    log.handlers[:] = [logging.NullHandler()]
+    audit = AuditObserver(sample_allowed=rate, rng=random.Random(7), logger=log.name)
+    allowed = Decision(True, None)
+    n = 50_000
+    for _ in range(n):
+        audit(allowed)
+    kept = audit.stats()["logged"] / n
+    sd = (rate * (1 - rate) / n) ** 0.5
+    assert abs(kept - rate) < 5 * sd
+    assert audit.stats()["logged"] + audit.stats()["sampled_out"] == n
 
 
 async def test_sampling_zero_logs_no_allowed_decision(logs: pytest.LogCaptureFixture) -> None:
@@ -308,6 +324,10 @@ def test_built_from_config_by_name(table_auth_plugin: str) -> None:
         ({"logger": ""}, "logger"),
         ({"claims": [""]}, "claims"),
         ({"sample": 0.5}, "sample"),
+        ({"sink": "file"}, "path"),
+        ({"sink": "stdout", "path": "audit.log"}, "path"),
+        ({"sink": "stderr", "renderer": "console"}, "sink"),
+        ({"sink": "file", "path": "a.log", "flush_interval": -1}, "flush_interval"),
     ],
 )
 def test_bad_options_name_the_key(options: dict[str, Any], key: str, table_auth_plugin: str) -> None:
@@ -344,7 +364,7 @@ def test_records_from_the_template_format_like_logger_made_ones() -> None:
     import os
     import threading
 
-    from fastapps_auth.stages.audit import RecordFactory
+    from fastapps_auth.backends.audit_sink import RecordFactory
 
     logger = logging.getLogger("fastapps_auth.audit.template-test")
     factory = RecordFactory(logger)
@@ -361,3 +381,97 @@ def test_records_from_the_template_format_like_logger_made_ones() -> None:
     worker.start()
     worker.join()
     assert seen == [worker.ident]
+
+
+# -- the stdout / stderr / file sinks ---------------------------------------------------------------
+
+
+def _lines(path: Any) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+async def test_file_sink_buffers_lines_and_writes_them_all_on_close(tmp_path: Any) -> None:
+    path = tmp_path / "audit.jsonl"
+    audit = AuditObserver(sink="file", path=str(path), flush_interval=30)
+    chain = VerifierChain(TableAuth(), Ban(), observers=[audit])
+    for t in (ALICE, BOB, MALLORY, "unknown-token-xxxxxxxxxxxxxxxxxxxx"):
+        await chain.evaluate(t)
+    assert not path.exists()  # opened lazily, on the first write; nothing written yet
+    assert audit.stats()["sink_buffered"] == 4
+    await chain.aclose()
+    events = _lines(path)
+    assert [(e["subject"], e["outcome"]) for e in events] == [
+        ("alice", "allowed"),
+        ("bob", "allowed"),
+        ("mallory", "rejected"),
+        (None, "rejected"),
+    ]
+    assert all(e["event"] == EVENT for e in events)
+    assert ALICE not in path.read_text()
+    assert audit.stats()["sink_written"] == 4
+
+
+async def test_file_sink_schedules_one_flush_on_the_event_loop(tmp_path: Any) -> None:
+    import asyncio
+
+    from fastapps_auth.backends.audit_sink import StreamSink
+
+    path = tmp_path / "audit.jsonl"
+    sink = StreamSink("file", path=str(path), flush_interval=0.5)
+    loop = asyncio.get_running_loop()
+    sink.write(logging.INFO, "one")
+    timer = sink._timer
+    assert timer is not None
+    assert 0.4 < timer.when() - loop.time() <= 0.5
+    sink.write(logging.INFO, "two")
+    assert sink._timer is timer  # one timer per batch, not per line
+    timer._run()  # what the loop does when the timer is due
+    assert path.read_text() == "one\ntwo\n"
+    sink.close()
+
+
+async def test_file_sink_writes_when_the_buffer_is_full_or_the_interval_is_zero(tmp_path: Any) -> None:
+    from fastapps_auth.backends.audit_sink import StreamSink
+
+    full = StreamSink("file", path=str(tmp_path / "full.jsonl"), flush_interval=60, max_buffer=3)
+    for i in range(4):
+        full.write(logging.INFO, str(i))
+    assert (tmp_path / "full.jsonl").read_text() == "0\n1\n2\n"
+    full.close()
+    assert (tmp_path / "full.jsonl").read_text() == "0\n1\n2\n3\n"
+    now = StreamSink("file", path=str(tmp_path / "now.jsonl"), flush_interval=0)
+    now.write(logging.INFO, "a")
+    assert (tmp_path / "now.jsonl").read_text() == "a\n"
+    now.close()
+
+
+def test_without_an_event_loop_lines_are_written_at_once(tmp_path: Any) -> None:
+    from fastapps_auth.backends.audit_sink import StreamSink
+
+    sink = StreamSink("file", path=str(tmp_path / "sync.jsonl"), flush_interval=5)
+    sink.write(logging.INFO, "x")
+    assert (tmp_path / "sync.jsonl").read_text() == "x\n"
+    sink.close()
+
+
+async def test_stdout_sink(capsys: pytest.CaptureFixture[str]) -> None:
+    audit = AuditObserver(sink="stdout")
+    chain = VerifierChain(TableAuth(), observers=[audit])
+    await chain.evaluate(ALICE)
+    audit.flush()
+    [line] = capsys.readouterr().out.splitlines()
+    assert json.loads(line)["subject"] == "alice"
+    await chain.aclose()
+
+
+async def test_a_failing_write_is_counted_and_never_reaches_the_decision(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    audit = AuditObserver(sink="file", path=str(tmp_path), flush_interval=0)  # a directory: open() fails
+    chain = VerifierChain(TableAuth(), observers=[audit])
+    decisions = [await chain.evaluate(ALICE) for _ in range(3)]
+    assert all(d.allowed for d in decisions)
+    assert audit.stats()["sink_dropped"] == 3
+    warnings = [r for r in caplog.records if r.name == "fastapps_auth.audit.sink"]
+    assert len(warnings) == 1  # at most one warning a minute
+    assert "IsADirectoryError" in warnings[0].getMessage()

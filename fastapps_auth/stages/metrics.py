@@ -117,6 +117,8 @@ class _Store(Collector):
         self.buckets = buckets
         self.max_label_sets = max_label_sets
         self.decisions: dict[tuple[str, str, str], int] = {}
+        #: Clean allowed decisions, the common case, counted apart (a tuple key is hashed per use).
+        self.allowed = 0
         self.stages: dict[str, _Histogram] = {}
         self.total = _Histogram(buckets)
         self.total_enabled = False
@@ -163,6 +165,8 @@ class _Store(Collector):
         families: list[Metric] = [decisions, stage_seconds, decision_seconds, cache, jwks, other]
         if not with_values:
             return families
+        if self.allowed:
+            decisions.add_metric(list(_ALLOWED), float(self.allowed))
         for labels, n in list(self.decisions.items()):
             decisions.add_metric(list(labels), float(n))
         for name, h in list(self.stages.items()):
@@ -239,25 +243,28 @@ class MetricsObserver(Observer[MetricsOptions]):
         return store
 
     def __call__(self, decision: Decision) -> None:
-        # The hot path, inlined (no method calls for the common case): a dict increment and a bisect per stage.
+        # The hot path, inlined (no method calls for the common case): an increment and a bisect per stage.
         store = self._store
-        if decision.allowed:
-            key = _ALLOWED if not decision.failed_open else (decision.failed_open[0], "failed-open", "unavailable")
+        if decision.allowed and not decision.failed_open:
+            store.allowed += 1
         else:
-            outcome = "unavailable" if decision.status == 503 else "rejected"
-            key = (decision.stage or "", outcome, decision.reason or "")
-        counts = store.decisions
-        if key in counts:
-            counts[key] += 1
-        else:
-            store.count(key)
+            if decision.allowed:
+                key = (decision.failed_open[0], "failed-open", "unavailable")
+            else:
+                outcome = "unavailable" if decision.status == 503 else "rejected"
+                key = (decision.stage or "", outcome, decision.reason or "")
+            try:
+                store.decisions[key] += 1
+            except KeyError:
+                store.count(key)
         stages = store.stages
         bounds = store.buckets
         for t in decision.trace:
-            h = stages.get(t.stage)
-            if h is None:
-                h = store.stage(t.stage)
             duration = t.duration
+            try:
+                h = stages[t.stage]
+            except KeyError:
+                h = store.stage(t.stage)
             h.counts[bisect_left(bounds, duration)] += 1
             h.total += duration
         total = self._total
@@ -270,7 +277,8 @@ class MetricsObserver(Observer[MetricsOptions]):
         self._store.chains.add(chain)
 
     def stats(self) -> dict[str, float]:
-        return {"label_sets": float(len(self._store.decisions))}
+        store = self._store
+        return {"label_sets": float(len(store.decisions) + (1 if store.allowed else 0))}
 
 
 _ALLOWED = ("", "allowed", "")
