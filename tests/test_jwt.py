@@ -58,6 +58,7 @@ async def test_access_token_fields(clock: ManualClock) -> None:
         ({"scope": None, "permissions": ["read:a"]}, ["read:a"]),
         ({"scope": "a b", "permissions": ["b", "c"]}, ["a", "b", "c"]),
         ({"scope": None}, []),
+        ({"scope": "a b a  b"}, ["a", "b"]),
     ],
 )
 async def test_scope_sources(clock: ManualClock, extra: dict[str, Any], scopes: list[str]) -> None:
@@ -360,3 +361,18 @@ async def test_rfc9864_ed25519_alg_name_in_jwk(clock: ManualClock) -> None:
     key = signing_key("EdDSA")
     st = JWTVerifier(jwks={"keys": [key.jwk(alg="Ed25519")]}, algorithms=["EdDSA"], clock=clock)
     assert await VerifierChain(st, clock=clock).verify_token(key.token(claims(clock.time()))) is not None
+
+
+async def test_access_token_is_the_validated_model(clock: ManualClock) -> None:
+    """The stage builds the AccessToken without re-validating; it must equal the validated model."""
+    from mcp.server.auth.provider import AccessToken
+
+    token = signing_key().token(claims(clock.time(), aud=["other", AUD], scope="a b", client_id="cli", extra=[1]))
+    at = await VerifierChain(stage(clock), clock=clock).verify_token(token)
+    assert at is not None and type(at) is AccessToken
+    validated = AccessToken.model_validate(at.model_dump())
+    assert at == validated
+    assert at.model_fields_set == validated.model_fields_set
+    assert type(at.expires_at) is int and at.claims is not None and at.claims["extra"] == [1]
+    at.scopes = ["changed"]  # an ordinary, mutable pydantic model
+    assert at.model_dump()["scopes"] == ["changed"]

@@ -14,10 +14,12 @@ from json.scanner import make_scanner
 from typing import Any
 
 _a2b = binascii.a2b_base64
-_TO_STD = bytes.maketrans(b"-_", b"+/")
+#: base64url to standard base64 in one pass; '+', '/' and '=' (not base64url-unpadded) become '!',
+#: which strict decoding rejects like every other foreign byte.
+_TO_STD = bytes.maketrans(b"-_+/=", b"+/!!!")
 _PAD = (b"", b"===", b"==", b"=")
-_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-_B64_VALUE = [_ALPHABET.find(bytes([i])) & 63 for i in range(256)]
+_STD_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_B64_VALUE = [_STD_ALPHABET.find(bytes([i])) & 63 for i in range(256)]
 #: Mask of the bits of the last character that carry no data, by length mod 4.
 _UNUSED_BITS = (0, 0, 0b1111, 0b11)
 
@@ -26,19 +28,33 @@ class Malformed(ValueError):
     """The token is not a well-formed compact JWS with JSON-object header and payload."""
 
 
-def b64url(part: str) -> bytes:
-    """Decode unpadded base64url, rejecting anything but its canonical form."""
-    data = part.encode("ascii")  # the caller checked the token is ASCII
-    # '+', '/' and '=' are not base64url-unpadded; strict a2b rejects every other foreign byte.
-    if b"+" in data or b"/" in data or b"=" in data:
-        raise Malformed("invalid base64url")
-    rem = len(data) % 4
+def split(token: str) -> tuple[bytes, bytes, bytes, bytes]:
+    """``(header, payload, signature, signing input)`` of a compact JWS.
+
+    The three parts come mapped to the standard base64 alphabet, ready for ``decode``; the
+    signing input is the first two parts as sent. JWE (five parts) and anything else is
+    ``Malformed``.
+    """
     try:
-        raw = _a2b(data.translate(_TO_STD) + _PAD[rem], strict_mode=True)
+        raw = token.encode("ascii")
+    except UnicodeEncodeError:
+        raise Malformed("non-ASCII token") from None
+    parts = raw.translate(_TO_STD).split(b".")
+    if len(parts) != 3:
+        raise Malformed("not a compact JWS")
+    header, payload, signature = parts
+    return header, payload, signature, raw[: len(header) + 1 + len(payload)]
+
+
+def decode(part: bytes) -> bytes:
+    """Decode a part from ``split``, accepting only canonical unpadded base64url."""
+    rem = len(part) % 4
+    try:
+        raw = _a2b(part + _PAD[rem], strict_mode=True)
     except (binascii.Error, ValueError):
         raise Malformed("invalid base64url") from None
     # Canonical form only: unused trailing bits set would decode to the same bytes.
-    if rem and _B64_VALUE[data[-1]] & _UNUSED_BITS[rem]:
+    if rem and _B64_VALUE[part[-1]] & _UNUSED_BITS[rem]:
         raise Malformed("non-canonical base64url")
     return raw
 
@@ -80,13 +96,3 @@ def json_object(raw: bytes, *, no_duplicates: bool = True) -> dict[str, Any]:
     if type(obj) is not dict:
         raise Malformed("not a JSON object")
     return obj
-
-
-def split(token: str) -> tuple[str, str, str]:
-    """The three parts of a compact JWS; JWE (five parts) and anything else is ``Malformed``."""
-    if not token.isascii():
-        raise Malformed("non-ASCII token")
-    parts = token.split(".")
-    if len(parts) != 3:
-        raise Malformed("not a compact JWS")
-    return parts[0], parts[1], parts[2]

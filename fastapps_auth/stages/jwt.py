@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -29,11 +29,12 @@ from fastapps_auth.backends.jwks_keys import (
     hmac_key,
     public_key_from_pem,
 )
+from fastapps_auth.backends.token_cache import VerifiedTokenCache
 from fastapps_auth.clock import Clock
 from fastapps_auth.component import ComponentOptions
 from fastapps_auth.errors import ConfigError, Rejected, TransientError, insufficient_scope
 from fastapps_auth.stage import Stage, StageOptions, Verification
-from fastapps_auth.stages._jwt_compact import Malformed, b64url, json_object, split
+from fastapps_auth.stages._jwt_compact import Malformed, decode, json_object, split
 
 logger = logging.getLogger("fastapps_auth.jwt")
 DEFAULT_ALGORITHMS = ("RS256", "ES256", "EdDSA")
@@ -42,8 +43,8 @@ _MISSING: Any = object()
 _MAX_HEADERS = 64
 #: Integer claims beyond this are not times (and would lose precision as floats).
 _MAX_INT = 2**53
-#: (access token, exp + leeway, reuse-until, missing required scopes)
-_Entry = tuple[AccessToken, float, float, tuple[str, ...]]
+#: What a cache hit answers: the access token and the required scopes it lacks.
+_Verified = tuple[AccessToken, tuple[str, ...]]
 
 
 class JWTOptions(StageOptions):
@@ -131,13 +132,13 @@ class JWTVerifier(Stage[JWTOptions]):
         self._leeway = float(o.leeway)
         self._max_len = o.max_token_bytes
         self._typ = _norm_typ(o.require_typ) if o.require_typ else None
-        self._cache: OrderedDict[bytes, _Entry] | None = (
-            OrderedDict() if o.cache_ttl > 0 and o.max_cached_tokens > 0 else None
+        self._cache: VerifiedTokenCache[_Verified] | None = (
+            VerifiedTokenCache(o.max_cached_tokens, o.cache_ttl)
+            if o.cache_ttl > 0 and o.max_cached_tokens > 0
+            else None
         )
-        self._cache_ttl = float(o.cache_ttl)
-        self._cache_max = o.max_cached_tokens
         self._source = self._build_source(o)
-        self._headers: dict[str, tuple[str, str | None]] = {}
+        self._headers: dict[bytes, tuple[str, str | None]] = {}
 
     # -- construction -----------------------------------------------------------------------------
 
@@ -252,15 +253,14 @@ class JWTVerifier(Stage[JWTOptions]):
     async def __call__(self, v: Verification) -> None:
         cache = self._cache
         if cache is not None:
-            entry = cache.get(v.digest)
-            if entry is not None:
-                if v.now < entry[2]:
-                    v.cache_hit = True
-                    if entry[3]:
-                        raise insufficient_scope(entry[3])
-                    v.access_token = entry[0]
-                    return
-                del cache[v.digest]
+            digest = v.digest
+            hit = cache.get(digest, v.now)  # None once past exp (+ leeway) or the cache TTL
+            if hit is not None:
+                v.cache_hit = True
+                if hit[1]:
+                    raise insufficient_scope(hit[1])
+                v.access_token = hit[0]
+                return
         v.cache_hit = False
         token = v.token
         alg, kid, sig, payload, signing_input = self._parse(token)
@@ -288,9 +288,7 @@ class JWTVerifier(Stage[JWTOptions]):
             raise Rejected("bad_signature", "the token's signature is invalid")
         at, exp_limit, missing = self._claims(token, payload, v.now)
         if cache is not None:
-            if len(cache) >= self._cache_max:
-                cache.popitem(last=False)  # oldest first: insertion order
-            cache[v.digest] = (at, exp_limit, min(exp_limit, v.now + self._cache_ttl), missing)
+            cache.put(digest, (at, missing), now=v.now, expires=exp_limit)
         if missing:
             raise insufficient_scope(missing)
         v.access_token = at
@@ -300,7 +298,7 @@ class JWTVerifier(Stage[JWTOptions]):
         if len(token) > self._max_len:
             raise Rejected("token_too_large", "the token is too large")
         try:
-            h64, p64, s64 = split(token)
+            h64, p64, s64, signing_input = split(token)
         except Malformed:
             raise Rejected("malformed", "the token is not a well-formed JWT") from None
         checked = self._headers.get(h64)
@@ -310,16 +308,16 @@ class JWTVerifier(Stage[JWTOptions]):
                 self._headers.clear()
             self._headers[h64] = checked
         try:
-            sig = b64url(s64)
-            payload = json_object(b64url(p64), no_duplicates=False)
+            sig = decode(s64)
+            payload = json_object(decode(p64), no_duplicates=False)
         except Malformed:
             raise Rejected("malformed", "the token is not a well-formed JWT") from None
-        return checked[0], checked[1], sig, payload, token[: len(h64) + 1 + len(p64)].encode("ascii")
+        return checked[0], checked[1], sig, payload, signing_input
 
-    def _check_header(self, h64: str) -> tuple[str, str | None]:
+    def _check_header(self, h64: bytes) -> tuple[str, str | None]:
         """``(alg, kid)`` of an acceptable protected header; headers repeat, so results are memoized."""
         try:
-            header = json_object(b64url(h64))
+            header = json_object(decode(h64))
         except Malformed:
             raise Rejected("malformed", "the token is not a well-formed JWT") from None
         alg = header.get("alg")
@@ -350,23 +348,35 @@ class JWTVerifier(Stage[JWTOptions]):
             raise Rejected("expired", "the token has expired")
         if "nbf" in p and now + leeway < _number(p, "nbf"):
             raise Rejected("not_yet_valid", "the token is not valid yet")
-        if "iat" in p and _number(p, "iat") > now + leeway:
-            raise Rejected("issued_in_future", "the token was issued in the future")
+        iat = get("iat", _MISSING)
+        if iat is not _MISSING:
+            if type(iat) is not int or not -_MAX_INT <= iat <= _MAX_INT:  # the common case inline
+                iat = _number(p, "iat")
+            if iat > now + leeway:
+                raise Rejected("issued_in_future", "the token was issued in the future")
         if self._issuer is not None:
             iss = get("iss", _MISSING)
             if iss != self._issuer:
                 if iss is _MISSING:
                     raise Rejected("missing_claim", "the token has no iss claim")
                 raise Rejected("wrong_issuer", "the token was issued by another issuer")
-        resource = None if self._audiences is None else self._audience(p)
+        audiences = self._audiences
+        if audiences is None:
+            resource = None
+        else:
+            resource = get("aud")
+            if type(resource) is not str or resource not in audiences:  # the common case inline
+                resource = self._audience(p)
         sub = get("sub", _MISSING)
         if type(sub) is not str or not sub:
             if sub is _MISSING:
                 raise Rejected("missing_claim", "the token has no sub claim")
             raise Rejected("bad_claim", "the token's sub claim is not a non-empty string")
         scope = get("scope")
-        if type(scope) is str and "scp" not in p and "permissions" not in p:  # noqa: SIM108
+        if type(scope) is str and "scp" not in p and "permissions" not in p:
             scopes = scope.split()  # the common case
+            if len(scopes) > 1 and len(set(scopes)) < len(scopes):
+                scopes = list(dict.fromkeys(scopes))
         else:
             scopes = _scopes(p)
         client_id = get("client_id")
@@ -379,15 +389,7 @@ class JWTVerifier(Stage[JWTOptions]):
         missing: tuple[str, ...] = ()
         if self._required and not self._required_set.issubset(scopes):
             missing = tuple(s for s in self._required if s not in scopes)
-        at = AccessToken(
-            token=token,
-            client_id=client_id,
-            scopes=scopes,
-            expires_at=int(exp),
-            resource=resource,
-            subject=sub,
-            claims=p,
-        )
+        at = _access_token(token, client_id, scopes, int(exp), resource, sub, p)
         return at, exp + leeway, missing
 
     def _audience(self, p: dict[str, Any]) -> str:
@@ -464,3 +466,94 @@ def _scopes(p: dict[str, Any]) -> list[str]:
         else:
             raise Rejected("bad_claim", f"the token's {name} claim is not a string or list of strings")
     return list(dict.fromkeys(out)) if len(out) > 1 else out
+
+
+# -- the AccessToken --------------------------------------------------------------------------------
+
+_AT_FIELDS = ("token", "client_id", "scopes", "expires_at", "resource", "subject", "claims")
+_new_object = object.__new__
+_set_attr = object.__setattr__
+
+
+def _validated_access_token(
+    token: str,
+    client_id: str,
+    scopes: list[str],
+    expires_at: int,
+    resource: str | None,
+    subject: str,
+    claims: dict[str, Any],
+) -> AccessToken:
+    return AccessToken(
+        token=token,
+        client_id=client_id,
+        scopes=scopes,
+        expires_at=expires_at,
+        resource=resource,
+        subject=subject,
+        claims=claims,
+    )
+
+
+def _checked_access_token(
+    token: str,
+    client_id: str,
+    scopes: list[str],
+    expires_at: int,
+    resource: str | None,
+    subject: str,
+    claims: dict[str, Any],
+) -> AccessToken:
+    """An ``AccessToken`` from values ``_claims`` has already type-checked exactly.
+
+    What pydantic's ``model_construct`` does (no re-validation of values built here), without
+    its per-field loop: ~1 µs instead of ~2 µs validated, ~3 µs through ``model_construct``.
+    """
+    at = _new_object(AccessToken)
+    _set_attr(
+        at,
+        "__dict__",
+        {
+            "token": token,
+            "client_id": client_id,
+            "scopes": scopes,
+            "expires_at": expires_at,
+            "resource": resource,
+            "subject": subject,
+            "claims": claims,
+        },
+    )
+    _set_attr(at, "__pydantic_fields_set__", set(_AT_FIELDS))
+    _set_attr(at, "__pydantic_extra__", None)
+    _set_attr(at, "__pydantic_private__", None)
+    return at
+
+
+def _pick_access_token_builder() -> Callable[[str, str, list[str], int, str | None, str, dict[str, Any]], AccessToken]:
+    """The direct builder when it makes exactly what validation makes, else the validating one.
+
+    Checked once at import against the installed ``mcp``/pydantic: same fields, no validators,
+    private attributes or extras that validation would apply, and an equal result.
+    """
+    try:
+        decorators = AccessToken.__pydantic_decorators__
+        plain = (
+            tuple(AccessToken.model_fields) == _AT_FIELDS
+            and not AccessToken.__private_attributes__
+            and AccessToken.model_config.get("extra") in (None, "ignore")
+            and not decorators.field_validators
+            and not decorators.model_validators
+            and not decorators.computed_fields
+            and AccessToken.__pydantic_post_init__ is None
+        )
+        args: tuple[Any, ...] = ("t", "c", ["a", "b"], 1, "r", "u", {"sub": "u", "n": [1]})
+        fast, slow = _checked_access_token(*args), _validated_access_token(*args)
+        same = (
+            fast == slow and fast.model_fields_set == slow.model_fields_set and fast.model_dump() == slow.model_dump()
+        )
+    except Exception:  # pragma: no cover - a pydantic without these internals: validate
+        return _validated_access_token
+    return _checked_access_token if plain and same else _validated_access_token
+
+
+_access_token = _pick_access_token_builder()
