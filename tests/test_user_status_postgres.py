@@ -142,7 +142,7 @@ async def test_one_pooled_connection_serves_many_lookups(
         assert (await chain.evaluate("user:alice")).allowed
         assert (await chain.evaluate("user:carol")).reason == "user_banned"
     assert pg_proxy.connections == 1
-    assert stage.stats()["queries"] == 60
+    assert (stage.stats()["queries"], stage.stats()["batches"]) == (60, 0)  # one at a time: never batched
 
 
 async def test_pool_closes_on_aclose(make: Any, table: Table, postgres_dsn: str) -> None:
@@ -166,16 +166,19 @@ async def test_pool_closes_on_aclose(make: Any, table: Table, postgres_dsn: str)
         await con.close()
 
 
-async def test_a_thousand_concurrent_users_are_all_answered_correctly(make: Any, table: Table) -> None:
+@pytest.mark.parametrize("ttl", [30.0, 0.0], ids=["cache-on", "cache-off"])
+async def test_a_thousand_concurrent_users_are_all_answered_correctly(make: Any, table: Table, ttl: float) -> None:
     users = {f"m{i}": (i % 3 != 1, i % 3 == 2) for i in range(1000)}
     con = await asyncpg.connect(table.dsn)
     await con.executemany(f"INSERT INTO {table.name} VALUES ($1, $2, $3)", [(k, a, b) for k, (a, b) in users.items()])
     await con.close()
     # A generous per-lookup timeout: 1000 queued lookups on a shared 2-core machine are load, not an outage.
-    chain, stage = make(timeout=30, pool_max_size=10)
+    chain, stage = make(timeout=30, pool_max_size=10, cache_ttl=ttl, negative_ttl=ttl)
     decisions = await asyncio.gather(*(chain.evaluate(f"user:{u}") for u in users))
     assert [d.reason for d in decisions] == [verdict({"active": a, "banned": b}) for a, b in users.values()]
-    assert stage.stats()["pool_size"] <= 10
+    stats = stage.stats()
+    assert stats["pool_size"] <= 10
+    assert stats["lookups"] == 1000 and stats["queries"] < 100  # batched: far fewer round trips than lookups
 
 
 async def test_missing_table_is_transient_and_named_in_the_log(

@@ -2,7 +2,8 @@
 
 Connections are dialled on first use and the pool heals itself: a connection that failed
 or timed out is terminated and a new one is dialled on the next acquire. asyncpg prepares
-each statement once per connection and reuses it. The listener is a dedicated connection that reconnects
+each statement once per connection and reuses it. Concurrent lookups are batched
+(``batcher``, ``postgres_batch``). The listener is a dedicated connection that reconnects
 with backoff and reports every (re)connect, since notifications may have been lost.
 """
 
@@ -10,17 +11,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import asyncpg
 
-from fastapps_auth.backends.users import PoolReset, StoreUnavailable
+from fastapps_auth.backends.batcher import Batcher
+from fastapps_auth.backends.deadlines import Deadlines
+from fastapps_auth.backends.postgres_batch import ORDINAL, BatchQuery, batch_query, confirm
+from fastapps_auth.backends.users import (
+    DEFAULT_BATCH_INFLIGHT,
+    DEFAULT_BATCH_MAX_SIZE,
+    PoolReset,
+    StoreUnavailable,
+)
 
 logger = logging.getLogger("fastapps_auth.postgres")
+
+Row = dict[str, Any]
+_A = TypeVar("_A")
+_T = TypeVar("_T")
 
 #: Seconds between listener health checks (a silent network drop is noticed this late at most).
 LISTEN_PING_INTERVAL = 10.0
@@ -84,15 +98,22 @@ class ConnectionPool:
     def idle(self) -> int:
         return len(self._idle)
 
+    def take_idle(self) -> asyncpg.Connection | None:
+        """An idle open connection at once, or ``None`` (then ``acquire`` dials or waits)."""
+        idle = self._idle
+        while idle:
+            con = idle.pop()
+            if not con.is_closed():
+                return con
+            self._size -= 1
+        return None
+
     async def acquire(self) -> asyncpg.Connection:
         """An open connection: an idle one, a new one if there is room, else the next one released."""
         while True:
-            idle = self._idle
-            while idle:
-                con = idle.pop()
-                if not con.is_closed():
-                    return con
-                self._size -= 1
+            con = self.take_idle()
+            if con is not None:
+                return con
             if self._closed:
                 raise StoreUnavailable("the user store is closed")
             if self._size < self.max_size:
@@ -169,7 +190,13 @@ class ConnectionPool:
 
 
 class PostgresUserStore:
-    """Runs the user query on a small pool of asyncpg connections; optionally LISTENs for changes."""
+    """Runs the user query on a small pool of asyncpg connections; optionally LISTENs for changes.
+
+    Concurrent lookups are batched (``Batcher``): a lookup that finds fewer than
+    ``batch_inflight`` queries running sends its own one-key query at once; lookups that
+    arrive while they run go out together as one many-key query (``postgres_batch``) when
+    one finishes. A query whose shape cannot be batched safely keeps one query per lookup.
+    """
 
     supports_notify = True
 
@@ -182,6 +209,8 @@ class PostgresUserStore:
         min_size: int = 1,
         max_size: int = 10,
         reset: PoolReset = "light",
+        batch_max_size: int = DEFAULT_BATCH_MAX_SIZE,
+        batch_inflight: int = DEFAULT_BATCH_INFLIGHT,
     ) -> None:
         if min_size > max_size:
             raise ValueError("min_size is greater than max_size")
@@ -194,46 +223,138 @@ class PostgresUserStore:
         self._pool = ConnectionPool(self._dial, max_size=max_size)
         self._closed = False
         self._listener: PostgresListener | None = None
+        #: The confirmed many-key query; ``None`` until a first batch confirms it with the server.
+        self._batch: BatchQuery | None = None
+        self._deadlines = Deadlines(timeout)
+        self._batcher: Batcher[str, Row | None] = Batcher(
+            functools.partial(self._run, self._one_on),
+            functools.partial(self._run, self._many_on),
+            failure=self._unavailable,
+            max_batch=batch_max_size,
+            max_inflight=min(batch_inflight, max_size),
+            batchable=self._carries,
+            deadlines=self._deadlines,
+        )
+        if batch_query(query) is None:
+            self._batcher.enabled = False
+        self.lookups = 0
         self.queries = 0
         self.failures = 0
 
     async def _dial(self) -> asyncpg.Connection:
         return await asyncpg.connect(self._dsn, timeout=self.timeout)
 
+    @property
+    def coalesces(self) -> bool:
+        """True while lookups are batched: those of one key waiting together share a slot of one query.
+
+        False once the query is known not to batch, or with ``batch_max_size = 1``: one query per lookup.
+        """
+        return self._batcher.enabled
+
     async def fetch(self, key: str) -> Mapping[str, Any] | None:
-        """The first row of the query for ``key`` (``$1``), or ``None``. Failures are ``StoreUnavailable``."""
+        """The first row of the query for ``key`` (``$1``), or ``None``. Failures are ``StoreUnavailable``.
+
+        Every path bounds its own time by ``timeout``: a query on an idle connection by a shared
+        deadline that closes the connection, a lookup waiting for a batch by one that fails it,
+        anything else (waiting for a connection, dialling, a retry) by ``asyncio.timeout``.
+        """
         try:
-            async with asyncio.timeout(self.timeout):
-                try:
-                    row = await self._query(key)
-                except _BROKEN:
-                    # A pooled connection the server dropped (restart, failover, network): the pool
-                    # dials a fresh one, so one more try (within the same timeout) usually succeeds.
-                    row = await self._query(key)
-        except StoreUnavailable:
-            self.failures += 1
-            raise
-        except TimeoutError:
-            self.failures += 1
-            raise StoreUnavailable(f"PostgreSQL user lookup timed out after {self.timeout:g}s") from None
-        except _BROKEN as exc:
-            self.failures += 1
-            raise StoreUnavailable(f"PostgreSQL is unreachable: {_describe(exc, self._dsn)}") from None
-        except asyncpg.PostgresError as exc:  # the server answered with an error
-            self.failures += 1
-            why = _describe(exc, self._dsn)
-            raise StoreUnavailable(f"user query failed on PostgreSQL: {why}{_hint(exc)}") from None
+            row = await self._batcher.load(key)
         except Exception as exc:
             self.failures += 1
-            raise StoreUnavailable(f"PostgreSQL lookup failed: {_describe(exc, self._dsn)}") from None
+            raise self._unavailable(exc) from None
+        self.lookups += 1
+        return row
+
+    def _unavailable(self, exc: BaseException) -> StoreUnavailable:
+        """The transient failure a lookup reports for ``exc`` (a fresh exception, without the DSN)."""
+        if isinstance(exc, StoreUnavailable):
+            return StoreUnavailable(*exc.args)
+        if isinstance(exc, TimeoutError):
+            return StoreUnavailable(f"PostgreSQL user lookup timed out after {self.timeout:g}s")
+        if isinstance(exc, asyncio.CancelledError):
+            return StoreUnavailable("the user store is closed")
+        if isinstance(exc, _BROKEN):
+            return StoreUnavailable(f"PostgreSQL is unreachable: {_describe(exc, self._dsn)}")
+        if isinstance(exc, asyncpg.PostgresError):  # the server answered with an error
+            why = _describe(exc, self._dsn)
+            return StoreUnavailable(f"user query failed on PostgreSQL: {why}{_hint(exc)}")
+        return StoreUnavailable(f"PostgreSQL lookup failed: {_describe(exc, self._dsn)}")
+
+    def _carries(self, key: str) -> bool:
+        batch = self._batch
+        if batch is not None:
+            return batch.carries(key)
+        return key.isascii() and "\x00" not in key  # safe on any server until it is confirmed
+
+    # -- one key, many keys -----------------------------------------------------------------------
+
+    async def _one_on(self, con: asyncpg.Connection, key: str) -> Row | None:
+        row = await con.fetchrow(self.query, key)
         self.queries += 1
         return None if row is None else dict(row.items())
 
-    async def _query(self, key: str) -> Any:
-        pool = self._pool
-        con = await pool.acquire()
+    async def _confirm_on(self, con: asyncpg.Connection, _: object = None) -> BatchQuery | None:
+        """Confirm the many-key query with the server once; batching stops if it does not hold."""
+        batch = self._batch = await confirm(con, self.query)
+        if batch is None:
+            logger.info("the user-status query cannot be batched safely; one query per lookup")
+            self._batcher.enabled = False
+        return batch
+
+    async def _many_on(self, con: asyncpg.Connection, keys: Sequence[str]) -> list[Row | None]:
+        batch = self._batch or await self._confirm_on(con)
+        if batch is None:
+            return [await self._one_on(con, k) for k in keys]
+        rows = await con.fetch(batch.sql, list(keys))
+        self.queries += 1
+        out: list[Row | None] = [None] * len(keys)
+        for r in rows:
+            row = dict(r.items())
+            i = row.pop(ORDINAL) - 1
+            if out[i] is None:  # the first row, as fetchrow would take
+                out[i] = row
+        return out
+
+    # -- running on a pooled connection, within the timeout -----------------------------------------
+
+    async def _run(self, work: Callable[[asyncpg.Connection, _A], Awaitable[_T]], arg: _A) -> _T:
+        """``work(con, arg)`` on a pooled connection, within ``timeout``."""
+        con = self._pool.take_idle()
+        if con is None:
+            async with asyncio.timeout(self.timeout):
+                return await self._attempt(work, arg, retry=True)
+        deadline = self._deadlines.start(con.terminate)
         try:
-            row = await con.fetchrow(self.query, key)
+            return await self._use(con, work, arg)
+        except BaseException as exc:
+            if deadline.expired and not isinstance(exc, asyncio.CancelledError):
+                raise TimeoutError from None  # the deadline closed the connection under the query
+            if not isinstance(exc, _BROKEN):
+                raise
+        finally:
+            self._deadlines.finish(deadline)
+        async with asyncio.timeout_at(deadline.at):
+            return await self._attempt(work, arg, retry=False)
+
+    async def _attempt(self, work: Callable[[asyncpg.Connection, _A], Awaitable[_T]], arg: _A, *, retry: bool) -> _T:
+        try:
+            return await self._use(await self._pool.acquire(), work, arg)
+        except _BROKEN:
+            if not retry:
+                raise
+        # A pooled connection the server dropped (restart, failover, network): the pool dials a
+        # fresh one, so one more try (within the same timeout) usually succeeds.
+        return await self._use(await self._pool.acquire(), work, arg)
+
+    async def _use(
+        self, con: asyncpg.Connection, work: Callable[[asyncpg.Connection, _A], Awaitable[_T]], arg: _A
+    ) -> _T:
+        """``work(con, arg)``, then give ``con`` back to the pool (closed if its state is unknown)."""
+        pool = self._pool
+        try:
+            result = await work(con, arg)
             if self.reset == "full":
                 await con.reset()
         except asyncpg.PostgresError as exc:
@@ -243,7 +364,7 @@ class PostgresUserStore:
             pool.release(con, broken=True)
             raise
         pool.release(con)
-        return row
+        return result
 
     # -- LISTEN ----------------------------------------------------------------------------
 
@@ -273,6 +394,11 @@ class PostgresUserStore:
             raise StoreUnavailable(f"PostgreSQL did not answer within {self.timeout * 2:g}s") from None
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StoreUnavailable(f"PostgreSQL is unreachable: {_describe(exc, self._dsn)}") from None
+        if self._batcher.enabled and self._batch is None:
+            try:
+                await self._run(self._confirm_on, None)
+            except Exception as exc:  # a missing table, say: the first batch confirms it instead
+                logger.debug("batch query not confirmed at start: %s", _describe(exc, self._dsn))
 
     def ensure_listening(self) -> None:
         """Start the listener task if there is one and it is not running (cheap; called per lookup miss)."""
@@ -281,15 +407,21 @@ class PostgresUserStore:
 
     async def aclose(self) -> None:
         self._closed = True
+        await self._batcher.aclose(StoreUnavailable("the user store is closed"))
         if self._listener is not None:
             await self._listener.aclose()
         await self._pool.aclose(max(self.timeout, 1.0))
 
     def stats(self) -> dict[str, float]:
         pool = self._pool
+        batcher = self._batcher
         out: dict[str, float] = {
+            "lookups": self.lookups,
             "queries": self.queries,
             "failures": self.failures,
+            "batches": batcher.batches,
+            "batched_lookups": batcher.batched,
+            "lookups_queued": batcher.queued,
             "pool_size": pool.size,
             "pool_idle": pool.idle,
         }

@@ -19,6 +19,11 @@ SQLITE_SCHEMES = ("sqlite",)
 
 PoolReset = Literal["light", "full"]
 
+#: Most distinct keys one batched PostgreSQL query carries.
+DEFAULT_BATCH_MAX_SIZE = 256
+#: PostgreSQL queries (one-key or batched) in flight before further lookups wait to form a batch.
+DEFAULT_BATCH_INFLIGHT = 2
+
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 
 
@@ -28,7 +33,12 @@ class StoreUnavailable(TransientError):
 
 @runtime_checkable
 class UserStore(Protocol):
-    """One query, one parameter, one row or none. Opens lazily; ``aclose`` is idempotent."""
+    """One query, one parameter, one row or none. Opens lazily; ``aclose`` is idempotent.
+
+    A store may also have a ``coalesces`` attribute, true while concurrent lookups of one key
+    that wait together share one query (the PostgreSQL store's batching); then the stage, with
+    its cache off, calls ``fetch`` directly instead of through the cache's single-flight.
+    """
 
     #: True when the store can push invalidations (PostgreSQL LISTEN/NOTIFY).
     supports_notify: bool
@@ -84,6 +94,8 @@ def open_user_store(
     pool_min_size: int = 1,
     pool_max_size: int = 10,
     pool_reset: PoolReset = "light",
+    batch_max_size: int = DEFAULT_BATCH_MAX_SIZE,
+    batch_inflight: int = DEFAULT_BATCH_INFLIGHT,
     stage: str | None = None,
 ) -> UserStore:
     """The store for ``dsn``'s scheme. No I/O here: the store opens on first use."""
@@ -93,7 +105,14 @@ def open_user_store(
         from fastapps_auth.backends.postgres import PostgresUserStore
 
         return PostgresUserStore(
-            dsn, query=query, timeout=timeout, min_size=pool_min_size, max_size=pool_max_size, reset=pool_reset
+            dsn,
+            query=query,
+            timeout=timeout,
+            min_size=pool_min_size,
+            max_size=pool_max_size,
+            reset=pool_reset,
+            batch_max_size=batch_max_size,
+            batch_inflight=batch_inflight,
         )
     if scheme in SQLITE_SCHEMES:
         from fastapps_auth.backends.sqlite import SqliteUserStore, sqlite_path

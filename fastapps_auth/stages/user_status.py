@@ -17,6 +17,8 @@ from pydantic import Field, model_validator
 
 from fastapps_auth.backends.ttl_cache import TTLCache
 from fastapps_auth.backends.users import (
+    DEFAULT_BATCH_INFLIGHT,
+    DEFAULT_BATCH_MAX_SIZE,
     DEFAULT_QUERY,
     NotifyingStore,
     PoolReset,
@@ -73,6 +75,18 @@ class UserStatusOptions(StageOptions):
         description="PostgreSQL pool: 'light' runs no reset query after a lookup (one round trip less); "
         "'full' runs asyncpg's Connection.reset() (RESET ALL, UNLISTEN *, ...) after each one.",
     )
+    batch_max_size: int = Field(
+        default=DEFAULT_BATCH_MAX_SIZE,
+        ge=1,
+        le=10_000,
+        description="PostgreSQL: most lookups of different users sent as one query when they arrive together "
+        "(1: one query per lookup).",
+    )
+    batch_inflight: int = Field(
+        default=DEFAULT_BATCH_INFLIGHT,
+        ge=1,
+        description="PostgreSQL: queries in flight before further lookups wait to go out together as one batch.",
+    )
 
     @model_validator(mode="after")
     def _pool_sizes(self) -> UserStatusOptions:
@@ -82,6 +96,8 @@ class UserStatusOptions(StageOptions):
 
 
 def _truthy(value: Any) -> bool:
+    if value is True or value is False:  # what a boolean column returns: the common case first
+        return value
     if isinstance(value, str):
         return value.strip().lower() in _TRUE_STRINGS
     return bool(value)
@@ -122,6 +138,7 @@ class UserStatusStage(Stage[UserStatusOptions]):
         self._key = KeySelector(o.key, allow_ip=False, stage=self.name)
         self._positive_ttl = o.cache_ttl
         self._negative_ttl = o.negative_ttl
+        self._cache_off = o.cache_ttl == 0 and o.negative_ttl == 0
         self._store: UserStore = store or open_user_store(
             o.dsn,
             query=o.query,
@@ -129,6 +146,8 @@ class UserStatusStage(Stage[UserStatusOptions]):
             pool_min_size=o.pool_min_size,
             pool_max_size=o.pool_max_size,
             pool_reset=o.pool_reset,
+            batch_max_size=o.batch_max_size,
+            batch_inflight=o.batch_inflight,
             stage=self.name,
         )
         self._cache: TTLCache[str, str | None] = TTLCache(o.max_entries, clock=self.clock)
@@ -163,7 +182,12 @@ class UserStatusStage(Stage[UserStatusOptions]):
         if key is None or not key or len(key) > MAX_KEY_CHARS:
             v.cache_hit = False
             raise Rejected("user_unknown", DESCRIPTION)
-        reason, hit = await self._cache.get_or_load(key, self._lookup, self._ttl)
+        if self._cache_off and getattr(self._store, "coalesces", False):
+            # Nothing to cache, and the store itself makes lookups of one key that wait together share
+            # a query (one read after all of them arrived): the cache's single-flight task is pure cost.
+            reason, hit = await self._lookup(key), False
+        else:
+            reason, hit = await self._cache.get_or_load(key, self._lookup, self._ttl)
         v.cache_hit = hit
         if reason is not None:
             raise Rejected(reason, DESCRIPTION)
