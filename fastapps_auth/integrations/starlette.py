@@ -15,7 +15,7 @@ import math
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
@@ -24,7 +24,6 @@ from starlette.authentication import AuthCredentials
 
 from fastapps_auth.chain import VerifierChain
 from fastapps_auth.decision import Decision, RateLimitInfo
-from fastapps_auth.fingerprint import token_digest
 from fastapps_auth.request import RequestInfo, current_request
 from fastapps_auth.stages.scopes import ScopesStage
 
@@ -44,9 +43,9 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 @dataclass(frozen=True, slots=True)
 class RequestDecision:
-    """The decision made for the current request, keyed by the token's digest."""
+    """The decision made for the current request, and the token it was made for."""
 
-    digest: bytes
+    token: str = field(repr=False)  # never in a log line
     decision: Decision
 
 
@@ -81,7 +80,7 @@ class RequestScopedVerifier:
 
     async def verify_token(self, token: str) -> AccessToken | None:
         held = _current.get()
-        if held is not None and isinstance(token, str) and held.digest == token_digest(token):
+        if held is not None and held.token == token:
             decision = held.decision
         else:
             decision = await self.chain.evaluate(token)
@@ -381,7 +380,7 @@ class ChainAuthMiddleware:
         _authenticate_scope(scope, decision)
         if decision.rate_limit is not None:
             send = _with_headers(send, rate_limit_headers(decision.rate_limit))
-        held = _current.set(RequestDecision(token_digest(token), decision))
+        held = _current.set(RequestDecision(token, decision))  # the decision's token holds it already
         reset = current_request.set(info)
         try:
             await self.app(scope, receive, send)
