@@ -178,9 +178,7 @@ class AuditObserver(Observer[AuditOptions]):
         self._log_1_minus_p = math.log1p(-opts.sample_allowed) if 0.0 < opts.sample_allowed < 1.0 else 0.0
         self._never = opts.sample_allowed == 0.0
         self._random: Callable[[], float] = (rng or random.Random()).random
-        self._drawn = 0
         self._skip = self._draw_skip() if self._sampling else 0
-        self._skipped = 0  # skips drawn before the current one (all of them consumed)
         self._trace = opts.include_trace
         self._structlog: Any = None
         self._line: Callable[[EventDict], str]
@@ -207,14 +205,15 @@ class AuditObserver(Observer[AuditOptions]):
         self._stamp_prefix = ""
         #: Decisions logged and sampled out, for stats().
         self.logged = 0
+        self.sampled_out = 0
 
     def __call__(self, decision: Decision) -> None:
         if decision.allowed and not decision.failed_open:
             if self._sampling:
                 if self._skip > 0:
                     self._skip -= 1
+                    self.sampled_out += 1
                     return
-                self._skipped += self._drawn
                 self._skip = self._draw_skip()
             level = logging.INFO
         else:
@@ -236,15 +235,8 @@ class AuditObserver(Observer[AuditOptions]):
     def _draw_skip(self) -> int:
         """How many allowed decisions to drop before logging one: Geometric(p) failures before a success."""
         if self._never:
-            self._drawn = 1 << 62
-        else:
-            self._drawn = int(math.log(1.0 - self._random()) / self._log_1_minus_p)  # 1 - random() is in (0, 1]
-        return self._drawn
-
-    @property
-    def sampled_out(self) -> int:
-        """Allowed decisions dropped by sampling so far."""
-        return self._skipped + self._drawn - self._skip if self._sampling else 0
+            return 1 << 62
+        return int(math.log(1.0 - self._random()) / self._log_1_minus_p)  # 1 - random() is in (0, 1]
 
     def _timestamp(self, epoch: float) -> str:
         """ISO 8601 UTC with microseconds; the date-and-second part is formatted once per second."""
