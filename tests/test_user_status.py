@@ -7,49 +7,24 @@ import logging
 import sqlite3
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fastapps_auth import (
-    AccessToken,
     ConfigError,
     ManualClock,
-    Rejected,
-    Stage,
-    StageOptions,
-    Verification,
     VerifierChain,
     chain_from_config,
 )
 from fastapps_auth.backends.sqlite import SqliteUserStore, create_demo_database, sqlite_path, to_sqlite_placeholders
 from fastapps_auth.backends.users import StoreUnavailable, check_query
-from fastapps_auth.fingerprint import fingerprint
 from fastapps_auth.stages.user_status import MAX_KEY_CHARS, UserStatusStage, verdict
+from tests.support.user_status import TokenUser, UserStatusChains
 
-# -- helpers shared with the PostgreSQL tests ------------------------------------------------------
-
-
-class TokenUser(Stage[StageOptions]):
-    """Authenticates ``user:<id>``: subject <id>, client_id ``client-<id>``, claim ``employee`` = ``e-<id>``."""
-
-    plugin_name: ClassVar[str] = "token-user"
-    authenticates: ClassVar[bool] = True
-
-    async def __call__(self, v: Verification) -> None:
-        kind, _, user = v.token.partition(":")
-        if kind != "user" or not user:
-            raise Rejected("bad_signature")
-        v.access_token = AccessToken(
-            token=fingerprint(v.token),
-            client_id=f"client-{user}",
-            scopes=[],
-            subject=user,
-            claims={"sub": user, "employee": f"e-{user}"},
-            expires_at=int(v.now) + 3600,
-        )
+# -- users shared with the PostgreSQL tests ----------------------------------------------------------
 
 
 USERS: dict[str, tuple[Any, Any]] = {
@@ -110,19 +85,10 @@ def db_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def chain_factory(db_file: Path, clock: ManualClock) -> AsyncIterator[Any]:
-    made: list[VerifierChain] = []
-
-    def make(**options: Any) -> tuple[VerifierChain, UserStatusStage]:
-        options.setdefault("dsn", f"sqlite:///{db_file}")
-        stage = UserStatusStage(clock=clock, **options)
-        chain = VerifierChain(TokenUser(), stage, clock=clock)
-        made.append(chain)
-        return chain, stage
-
-    yield make
-    for c in made:
-        await c.aclose()
+async def chain_factory(db_file: Path, clock: ManualClock) -> AsyncIterator[UserStatusChains]:
+    chains = UserStatusChains(clock, dsn=f"sqlite:///{db_file}")
+    yield chains
+    await chains.aclose()
 
 
 def queries(stage: UserStatusStage) -> float:

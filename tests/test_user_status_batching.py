@@ -6,7 +6,7 @@ import asyncio
 import logging
 import math
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import asyncpg
@@ -20,7 +20,7 @@ from fastapps_auth.backends.postgres_batch import BatchQuery, batch_query
 from fastapps_auth.backends.users import StoreUnavailable
 from fastapps_auth.stages.user_status import UserStatusStage, verdict
 from tests.support.tcp_proxy import TCPProxy
-from tests.test_user_status import TokenUser
+from tests.support.user_status import TokenUser, UserStatusChains
 
 #: Bounded waits for events that should come in milliseconds; a hang guard, not a timing assertion.
 DEADLINE = 10.0
@@ -378,24 +378,10 @@ async def users(postgres_dsn: str) -> AsyncIterator[UsersTable]:
 
 
 @pytest.fixture
-async def build(
-    users: UsersTable, clock: ManualClock
-) -> AsyncIterator[Callable[..., tuple[VerifierChain, UserStatusStage]]]:
-    made: list[VerifierChain] = []
-
-    def make(**options: Any) -> tuple[VerifierChain, UserStatusStage]:
-        options.setdefault("dsn", users.dsn)
-        options.setdefault("query", users.query)
-        options.setdefault("cache_ttl", 0)
-        options.setdefault("negative_ttl", 0)
-        stage = UserStatusStage(clock=clock, **options)
-        chain = VerifierChain(TokenUser(), stage, clock=clock)
-        made.append(chain)
-        return chain, stage
-
-    yield make
-    for c in made:
-        await c.aclose()
+async def build(users: UsersTable, clock: ManualClock) -> AsyncIterator[UserStatusChains]:
+    chains = UserStatusChains(clock, dsn=users.dsn, query=users.query, cache_ttl=0, negative_ttl=0)
+    yield chains
+    await chains.aclose()
 
 
 def expected(subject: str) -> str | None:

@@ -13,11 +13,12 @@ from typing import Any
 import asyncpg
 import pytest
 
-from fastapps_auth import ManualClock, VerifierChain
+from fastapps_auth import ManualClock
 from fastapps_auth.backends.postgres import ConnectionPool
 from fastapps_auth.stages.user_status import UserStatusStage, verdict
 from tests.support.tcp_proxy import TCPProxy
-from tests.test_user_status import USERS, TokenUser
+from tests.support.user_status import UserStatusChains
+from tests.test_user_status import USERS
 
 pytestmark = pytest.mark.postgres
 
@@ -71,20 +72,10 @@ async def table(postgres_dsn: str) -> AsyncIterator[Table]:
 
 
 @pytest.fixture
-async def make(table: Table, clock: ManualClock) -> AsyncIterator[Callable[..., tuple[VerifierChain, UserStatusStage]]]:
-    made: list[VerifierChain] = []
-
-    def build(**options: Any) -> tuple[VerifierChain, UserStatusStage]:
-        options.setdefault("dsn", table.dsn)
-        options.setdefault("query", table.query)
-        stage = UserStatusStage(clock=clock, **options)
-        chain = VerifierChain(TokenUser(), stage, clock=clock)
-        made.append(chain)
-        return chain, stage
-
-    yield build
-    for c in made:
-        await c.aclose()
+async def make(table: Table, clock: ManualClock) -> AsyncIterator[UserStatusChains]:
+    chains = UserStatusChains(clock, dsn=table.dsn, query=table.query)
+    yield chains
+    await chains.aclose()
 
 
 def proxied(dsn: str, proxy: TCPProxy) -> str:

@@ -85,7 +85,8 @@ class UserStatusOptions(StageOptions):
     batch_inflight: int = Field(
         default=DEFAULT_BATCH_INFLIGHT,
         ge=1,
-        description="PostgreSQL: queries in flight before further lookups wait to go out together as one batch.",
+        description="PostgreSQL: queries in flight before further lookups wait to go out together as one batch "
+        "(capped at pool_max_size: each query needs its own connection).",
     )
 
     @model_validator(mode="after")
