@@ -36,11 +36,10 @@ HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "app
 # -- the server side (run in a child process) ------------------------------------------------------------
 
 
-def serve(kind: str, jwks_file: str | None, db: str | None) -> None:
-    """Run the widget server (``open`` or ``protected``) on a free port; print ``READY <port>`` when up."""
+def build_app(kind: str, jwks: dict[str, Any] | None = None, db: str | None = None) -> Any:
+    """The widget server's Starlette app: ``open``, or ``protected`` by the chain (needs ``jwks`` and ``db``)."""
     import logging
 
-    import uvicorn
     from fastapps import BaseWidget
     from fastapps.builder.compiler import WidgetBuildResult
     from pydantic import BaseModel
@@ -68,19 +67,14 @@ def serve(kind: str, jwks_file: str | None, db: str | None) -> None:
     if kind == "protected":
         from benchmarks.signing import AUDIENCE, ISSUER
 
-        assert jwks_file is not None
+        assert jwks is not None
         assert db is not None
         log = logging.getLogger("fastapps_auth.bench.audit")
         log.handlers[:] = [logging.NullHandler()]
         log.propagate = False
         log.setLevel(logging.INFO)
         chain = VerifierChain(
-            JWTVerifier(
-                issuer_url=ISSUER,
-                audience=AUDIENCE,
-                jwks=json.loads(Path(jwks_file).read_text()),
-                algorithms=["RS256", "ES256"],
-            ),
+            JWTVerifier(issuer_url=ISSUER, audience=AUDIENCE, jwks=jwks, algorithms=["RS256", "ES256"]),
             UserStatusStage(dsn=f"sqlite:///{db}"),
             RateLimitStage(limit=1_000_000_000, window=3600),
             observers=[AuditObserver(logger=log.name)],
@@ -90,7 +84,24 @@ def serve(kind: str, jwks_file: str | None, db: str | None) -> None:
         )
     else:
         server = WidgetMCPServer(name="bench", widgets=[widget])
-    app = server.get_app()
+    return server.get_app()
+
+
+def make_users_db(path: Path) -> None:
+    """The SQLite user store of the protected server: alice, active."""
+    con = sqlite3.connect(path)
+    with con:
+        con.execute("CREATE TABLE users (id TEXT PRIMARY KEY, active INTEGER, banned INTEGER)")
+        con.execute("INSERT INTO users VALUES ('alice', 1, 0)")
+    con.close()
+
+
+def serve(kind: str, jwks_file: str | None, db: str | None) -> None:
+    """Run the widget server (``open`` or ``protected``) on a free port; print ``READY <port>`` when up."""
+    import uvicorn
+
+    jwks = json.loads(Path(jwks_file).read_text()) if jwks_file else None
+    app = build_app(kind, jwks, db)
 
     async def run() -> None:
         config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False, lifespan="on")
@@ -268,11 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         jwks_file, db = Path(tmp) / "jwks.json", Path(tmp) / "users.db"
         jwks_file.write_text(json.dumps(k.jwks()))
-        con = sqlite3.connect(db)
-        with con:
-            con.execute("CREATE TABLE users (id TEXT PRIMARY KEY, active INTEGER, banned INTEGER)")
-            con.execute("INSERT INTO users VALUES ('alice', 1, 0)")
-        con.close()
+        make_users_db(db)
         procs = {kind: spawn_server(kind, jwks_file, db, pin=pinned) for kind in ("open", "protected")}
         servers = {kind: wait_ready(kind, proc) for kind, proc in procs.items()}
         if pinned:
@@ -362,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
         "Replacing the middleware by one that only marks the request authenticated brings the protected server "
         "back to the unprotected one's CPU, so the difference is the middleware's own work, spread over its "
         "parts: reading the body for the tool name, the chain with its audit event, and the RateLimit headers "
-        "(each a few tens of µs inside a busy server, several times its cost in a tight loop)."
+        "(each a few tens of µs inside a busy server, several times its cost in a tight loop; "
+        "[the breakdown](http-breakdown.md) times each part from inside the server)."
         + f"\n\nTarget: protected >= {TARGET:g}x unprotected throughput. Measured (median of the per-round "
         f"ratios): **{ratio:.2f}x** "
         f"({'met' if ratio >= TARGET else 'NOT met'}). A request without a token to the protected server "
