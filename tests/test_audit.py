@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import random
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -419,11 +421,11 @@ async def test_file_sink_schedules_one_flush_on_the_event_loop(tmp_path: Any) ->
     path = tmp_path / "audit.jsonl"
     sink = StreamSink("file", path=str(path), flush_interval=0.5)
     loop = asyncio.get_running_loop()
-    sink.write(logging.INFO, "one")
+    sink.write(b"one\n")
     timer = sink._timer
     assert timer is not None
     assert 0.4 < timer.when() - loop.time() <= 0.5
-    sink.write(logging.INFO, "two")
+    sink.write(b"two\n")
     assert sink._timer is timer  # one timer per batch, not per line
     timer._run()  # what the loop does when the timer is due
     assert path.read_text() == "one\ntwo\n"
@@ -435,12 +437,12 @@ async def test_file_sink_writes_when_the_buffer_is_full_or_the_interval_is_zero(
 
     full = StreamSink("file", path=str(tmp_path / "full.jsonl"), flush_interval=60, max_buffer=3)
     for i in range(4):
-        full.write(logging.INFO, str(i))
+        full.write(b"%d\n" % i)
     assert (tmp_path / "full.jsonl").read_text() == "0\n1\n2\n"
     full.close()
     assert (tmp_path / "full.jsonl").read_text() == "0\n1\n2\n3\n"
     now = StreamSink("file", path=str(tmp_path / "now.jsonl"), flush_interval=0)
-    now.write(logging.INFO, "a")
+    now.write(b"a\n")
     assert (tmp_path / "now.jsonl").read_text() == "a\n"
     now.close()
 
@@ -449,7 +451,7 @@ def test_without_an_event_loop_lines_are_written_at_once(tmp_path: Any) -> None:
     from fastapps_auth.backends.audit_sink import StreamSink
 
     sink = StreamSink("file", path=str(tmp_path / "sync.jsonl"), flush_interval=5)
-    sink.write(logging.INFO, "x")
+    sink.write(b"x\n")
     assert (tmp_path / "sync.jsonl").read_text() == "x\n"
     sink.close()
 
@@ -462,6 +464,55 @@ async def test_stdout_sink(capsys: pytest.CaptureFixture[str]) -> None:
     [line] = capsys.readouterr().out.splitlines()
     assert json.loads(line)["subject"] == "alice"
     await chain.aclose()
+
+
+async def test_stdout_sink_keeps_the_order_of_what_was_printed_before(monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = io.BytesIO()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(raw, encoding="utf-8"))  # buffers text until flushed
+    audit = AuditObserver(sink="stdout", flush_interval=60)
+    chain = VerifierChain(TableAuth(), observers=[audit])
+    print("before")
+    await chain.evaluate(ALICE)
+    audit.flush()
+    first, line = raw.getvalue().decode().splitlines()
+    assert first == "before"
+    assert json.loads(line)["subject"] == "alice"
+    await chain.aclose()
+
+
+async def test_stdout_sink_writes_text_to_a_stream_without_a_binary_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    audit = AuditObserver(sink="stdout", flush_interval=60)
+    chain = VerifierChain(TableAuth(), observers=[audit])
+    await chain.evaluate(ALICE)
+    await chain.evaluate(BOB)
+    await chain.aclose()
+    assert [json.loads(line)["subject"] for line in out.getvalue().splitlines()] == ["alice", "bob"]
+
+
+async def test_file_lines_are_utf8_json(tmp_path: Any) -> None:
+    path = tmp_path / "audit.jsonl"
+    subject = 'zoë ☃ "quoted"\nnext'
+    audit = AuditObserver(sink="file", path=str(path))
+    chain = VerifierChain(TableAuth({ALICE: subject}), observers=[audit])
+    await chain.evaluate(ALICE)
+    await chain.aclose()
+    [event] = _lines(path)  # one line: the newline in the subject is escaped
+    assert event["subject"] == subject
+    assert "zoë ☃".encode() in path.read_bytes()
+
+
+def test_the_stdlib_encoder_fallback_renders_the_same_json_as_orjson() -> None:
+    from fastapps_auth.stages import audit as audit_module
+
+    event = {"event": EVENT, "n": 1.5, "none": None, "text": 'é\n"', "items": [1, "a"], "odd": object()}
+    stdlib_text, stdlib_line = audit_module._stdlib_encoders()
+    fast_text, fast_line = audit_module._json_text, audit_module._json_line
+    assert json.loads(stdlib_text(event)) == json.loads(fast_text(event))
+    assert stdlib_line(event).endswith(b"\n")
+    assert json.loads(stdlib_line(event)) == json.loads(fast_line(event))
+    assert fast_line(event) == fast_text(event).encode() + b"\n"
 
 
 async def test_a_failing_write_is_counted_and_never_reaches_the_decision(

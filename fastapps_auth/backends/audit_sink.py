@@ -2,10 +2,10 @@
 
 The ``audit`` observer renders one line per decision; a sink delivers it. ``LoggingSink`` hands
 each line to a stdlib logger as one ``LogRecord`` (the application's handlers decide the rest).
-``StreamSink`` appends lines to standard output, standard error or a file, buffered and written
-at most ``flush_interval`` seconds later in one ``write`` call, the way a container's log
-collector wants JSON lines; it costs a list append per event instead of a ``LogRecord`` and a
-handler call.
+``StreamSink`` appends encoded lines to standard output, standard error or a file, buffered in
+one ``bytearray`` and written at most ``flush_interval`` seconds later in one ``write`` call,
+the way a container's log collector wants JSON lines; it costs a buffer append per event
+instead of a ``LogRecord`` and a handler call.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import time
 import weakref
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, Protocol, TextIO
+from typing import Any, BinaryIO, Literal, Protocol, TextIO
 
 logger = logging.getLogger("fastapps_auth.audit.sink")
 
@@ -27,9 +27,11 @@ StreamTarget = Literal["stdout", "stderr", "file"]
 
 
 class AuditSink(Protocol):
-    """Delivers rendered audit lines. ``write`` is called on the hot path and must not raise."""
+    """What the observer flushes and closes.
 
-    def write(self, level: int, line: str) -> None: ...
+    Each sink has its own ``write`` (a text line for ``LoggingSink``, an encoded one for
+    ``StreamSink``), called on the hot path; it must not raise.
+    """
 
     def flush(self) -> None: ...
 
@@ -97,6 +99,9 @@ class LoggingSink:
 class StreamSink:
     """JSON (or logfmt) lines to stdout, stderr or a file, buffered and written in batches.
 
+    ``write`` takes one line already encoded as UTF-8 and ending in a newline (orjson renders
+    straight to that form), so a batch is written without a join or a text encoder.
+
     A line is written at most ``flush_interval`` seconds after it was logged (a timer on the
     running event loop), as soon as ``max_buffer`` lines are waiting, on ``flush()`` and
     ``close()``, and at interpreter exit. Without a running event loop, or with
@@ -119,8 +124,9 @@ class StreamSink:
         self._path = Path(path) if path else None
         self._interval = flush_interval
         self._max = max_buffer
-        self._buffer: list[str] = []
-        self._file: TextIO | None = None  # opened on the first write: no I/O in constructors
+        self._buffer = bytearray()
+        self._lines = 0  # in the buffer
+        self._file: BinaryIO | None = None  # opened on the first write: no I/O in constructors
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
         self._warned_at = -1e9
@@ -131,12 +137,13 @@ class StreamSink:
         self._at_exit: Callable[[], None] = lambda: _flush_ref(ref)
         atexit.register(self._at_exit)
 
-    def write(self, level: int, line: str) -> None:
-        buffer = self._buffer
-        buffer.append(line)
-        if len(buffer) >= self._max or self._interval <= 0:
+    def write(self, line: bytes) -> None:
+        """Buffer one newline-terminated UTF-8 line."""
+        self._buffer += line
+        self._lines += 1
+        if self._lines >= self._max or self._interval <= 0:
             self.flush()
-        elif len(buffer) == 1:
+        elif self._lines == 1:
             self._schedule()
 
     def _schedule(self) -> None:
@@ -151,33 +158,41 @@ class StreamSink:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        lines, self._buffer = self._buffer, []
+        data, lines = self._buffer, self._lines
         if not lines:
             return
+        self._buffer, self._lines = bytearray(), 0
         try:
-            stream = self._stream()
-            stream.write("\n".join(lines) + "\n")
-            stream.flush()
+            self._write(data)
         except Exception as exc:  # an audit write never reaches the decision
-            self.dropped += len(lines)
+            self.dropped += lines
             now = time.monotonic()
             if now - self._warned_at >= 60:
                 self._warned_at = now
-                logger.warning("audit sink %s: %d line(s) lost (%s)", self.describe(), len(lines), type(exc).__name__)
+                logger.warning("audit sink %s: %d line(s) lost (%s)", self.describe(), lines, type(exc).__name__)
             return
-        self.written += len(lines)
+        self.written += lines
 
-    def _stream(self) -> TextIO:
-        if self._target == "stdout":
-            return sys.stdout  # looked up per write: the application (or pytest) may replace it
-        if self._target == "stderr":
-            return sys.stderr
-        if self._file is None:
-            if self._closed:
-                raise ValueError("the audit sink is closed")
-            assert self._path is not None
-            self._file = self._path.open("a", encoding="utf-8")
-        return self._file
+    def _write(self, data: bytearray) -> None:
+        if self._target == "file":
+            if self._file is None:
+                if self._closed:
+                    raise ValueError("the audit sink is closed")
+                assert self._path is not None
+                self._file = self._path.open("ab")
+            self._file.write(data)
+            self._file.flush()
+            return
+        # Looked up per write: the application (or pytest) may replace sys.stdout.
+        text: TextIO = sys.stdout if self._target == "stdout" else sys.stderr
+        binary = getattr(text, "buffer", None)
+        if binary is None:  # a text-only stream (io.StringIO, a capture)
+            text.write(data.decode("utf-8"))
+            text.flush()
+            return
+        text.flush()  # what was printed before goes first
+        binary.write(data)
+        binary.flush()
 
     def describe(self) -> str:
         return str(self._path) if self._target == "file" else self._target
@@ -191,7 +206,7 @@ class StreamSink:
             self._file = None
 
     def stats(self) -> dict[str, float]:
-        return {"written": float(self.written), "dropped": float(self.dropped), "buffered": float(len(self._buffer))}
+        return {"written": float(self.written), "dropped": float(self.dropped), "buffered": float(self._lines)}
 
 
 def _flush_ref(ref: weakref.ReferenceType[StreamSink]) -> None:

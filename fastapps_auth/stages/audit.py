@@ -123,26 +123,34 @@ def _json_default(value: object) -> str:
     return str(value)
 
 
-def _stdlib_dumps() -> Callable[[Any], str]:
-    encoder = json.JSONEncoder(default=_json_default, separators=(",", ":"))
-    return encoder.encode
+JsonEncoders = tuple[Callable[[Any], str], Callable[[Any], bytes]]
 
 
-def _orjson_dumps() -> Callable[[Any], str] | None:
+def _stdlib_encoders() -> JsonEncoders:
+    encode = json.JSONEncoder(default=_json_default, separators=(",", ":")).encode
+    return encode, lambda obj: (encode(obj) + "\n").encode()
+
+
+def _orjson_encoders() -> JsonEncoders | None:
     try:
         import orjson
     except ImportError:  # pragma: no cover - orjson is a dependency; the stdlib is the fallback
         return None
-    dumps, option = orjson.dumps, orjson.OPT_NON_STR_KEYS
+    dumps, text_option = orjson.dumps, orjson.OPT_NON_STR_KEYS
+    line_option = text_option | orjson.OPT_APPEND_NEWLINE
 
-    def encode(obj: Any) -> str:
-        return dumps(obj, default=_json_default, option=option).decode()
+    def text(obj: Any) -> str:
+        return dumps(obj, default=_json_default, option=text_option).decode()
 
-    return encode
+    def line(obj: Any) -> bytes:
+        return dumps(obj, default=_json_default, option=line_option)
+
+    return text, line
 
 
-#: orjson renders an event ~7x faster than the stdlib encoder (the largest part of an event's cost).
-_encode: Callable[[Any], str] = _orjson_dumps() or _stdlib_dumps()
+#: An event as JSON text (a ``LogRecord``'s message), and as one UTF-8 line with its newline (what
+#: a stream sink buffers as it is). orjson renders an event ~7x faster than the stdlib encoder.
+_json_text, _json_line = _orjson_encoders() or _stdlib_encoders()
 
 
 def _ms(seconds: float) -> float:
@@ -181,24 +189,28 @@ class AuditObserver(Observer[AuditOptions]):
         self._skip = self._draw_skip() if self._sampling else 0
         self._trace = opts.include_trace
         self._structlog: Any = None
-        self._line: Callable[[EventDict], str]
+        #: The event as text (a ``LogRecord``'s message), and as one encoded line (a stream sink's).
+        self._text: Callable[[EventDict], str]
+        self._encoded: Callable[[EventDict], bytes]
         if opts.renderer == "structlog":
             self._structlog = structlog.get_logger(opts.logger)
         elif opts.renderer == "json":
-            self._line = _encode  # structlog's JSONRenderer would only wrap the same call
+            self._text, self._encoded = _json_text, _json_line  # structlog's JSONRenderer would wrap the same call
         else:
             render: Processor = (
                 structlog.processors.KeyValueRenderer(key_order=["event", "timestamp", "outcome"], drop_missing=True)
                 if opts.renderer == "logfmt"
                 else structlog.dev.ConsoleRenderer(colors=False)
             )
-            self._line = lambda event: render(None, "info", event)
+            self._text = lambda event: render(None, "info", event)
+            self._encoded = lambda event: (render(None, "info", event) + "\n").encode()
         self._logging: LoggingSink | None = None
+        self._stream: StreamSink | None = None
         self._sink: AuditSink
         if opts.sink == "logging":
             self._sink = self._logging = LoggingSink(logging.getLogger(opts.logger))
         else:
-            self._sink = StreamSink(
+            self._sink = self._stream = StreamSink(
                 opts.sink, path=opts.path, flush_interval=opts.flush_interval, max_buffer=opts.max_buffer
             )
         self._stamp_second = -1
@@ -227,10 +239,15 @@ class AuditObserver(Observer[AuditOptions]):
             else:
                 self._structlog.warning(EVENT, **event)
             return
-        if self._logging is not None and not self._logging.enabled(level):
+        if self._stream is not None:
+            self.logged += 1
+            self._stream.write(self._encoded(self.event(decision)))
+            return
+        assert self._logging is not None
+        if not self._logging.enabled(level):
             return
         self.logged += 1
-        self._sink.write(level, self._line(self.event(decision)))
+        self._logging.write(level, self._text(self.event(decision)))
 
     def _draw_skip(self) -> int:
         """How many allowed decisions to drop before logging one: Geometric(p) failures before a success."""
