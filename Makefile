@@ -34,6 +34,7 @@ test-hosts: $(STAMP)
 	test $(HOSTS)/.installed -nt pyproject.toml || { $(HOSTS)/bin/python -m pip install --quiet \
 	  'mcp>=2,<3' 'fastmcp>=4,<5' -e '.[postgres,sqlite]' 'uvicorn>=0.30' pytest pytest-asyncio hypothesis \
 	  && touch $(HOSTS)/.installed; }
+	$(BIN)/mypy --python-executable $(HOSTS)/bin/python tests/hosts/*.py
 	$(HOSTS)/bin/python -m pytest -p no:cacheprovider tests/hosts
 
 test: lint typecheck pytest test-hosts docs

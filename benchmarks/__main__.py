@@ -141,6 +141,17 @@ def page_of(area: str) -> str | None:
     return next((n for n in names if (DOCS / "benchmarks" / f"{n}.md").exists()), None)
 
 
+def page_heading(page: str) -> str | None:
+    """The title of an area's page (its first line, ``# Title``), for areas that write no results."""
+    try:
+        first = (DOCS / "benchmarks" / f"{page}.md").read_text().split("\n", 1)[0]
+    except OSError:
+        return None
+    if not first.startswith("# "):
+        return None
+    return first[2:].strip() or None
+
+
 def render_page(modules: list[str], results: dict[str, dict[str, Any]], runs: dict[str, Run], chart: bool) -> str:
     """docs/benchmarks.md: the summary table, the chart, and a link to every area's own page."""
     rows = summary_rows(results)
@@ -184,9 +195,9 @@ def render_page(modules: list[str], results: dict[str, dict[str, Any]], runs: di
             status = f" — **failed in this run** (exit {run.returncode})"
         elif mine and (run is None or not run.written):
             status = f" (numbers from {results[mine[0]].get('measured', 'an earlier run')})"
-        title = str(results[mine[0]].get("title", module)) if mine else module
         page = page_of(mine[0]) if mine else None
         page = page or page_of(module)
+        title = str(results[mine[0]].get("title", module)) if mine else (page and page_heading(page)) or module
         shown = f"[{title}](benchmarks/{page}.md)" if page else f"{title} (no page written)"
         lines.append(f"- {shown}: `python -m benchmarks.bench_{module}`{status}")
     return "\n".join(lines) + "\n"

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import jwt as pyjwt
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from benchmarks.common import fmt_rate, rate, table, write_page, write_results
 from fastapps_auth.dev_issuer import DevIssuer, KeyStore
@@ -32,6 +33,7 @@ def mint_rates(number: int, rounds: int) -> dict[str, float]:
     rsa = issuer.keys.signing_key("RS256")
     pem = rsa.as_pem(private=True)
     private = serialization.load_pem_private_key(pem, password=None)
+    assert isinstance(private, RSAPrivateKey)
     body = issuer.claims_for("alice", scopes=["read", "write"])
     headers = {"kid": rsa.kid, "typ": "at+jwt"}
     return {
@@ -57,7 +59,7 @@ def start_times(repeats: int) -> dict[str, float]:
         samples = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            issuer = start_issuer(**({} if seed else {"seed": ()}))
+            issuer = start_issuer() if seed else start_issuer(seed=())
             issuer.stop()
             samples.append(time.perf_counter() - t0)
         samples.sort()

@@ -54,7 +54,7 @@ def build_app(kind: str, jwks: dict[str, Any] | None = None, db: str | None = No
     class EchoInput(BaseModel):
         text: str = ""
 
-    class Echo(BaseWidget):
+    class Echo(BaseWidget):  # type: ignore[misc]  # fastapps ships no type information: BaseWidget is Any
         identifier = TOOL
         title = "Echo"
         input_schema = EchoInput

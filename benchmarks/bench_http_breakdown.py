@@ -32,9 +32,8 @@ from benchmarks.signing import claims, keys
 from fastapps_auth.chain import VerifierChain
 from fastapps_auth.decision import Decision
 from fastapps_auth.integrations import starlette as middleware
+from fastapps_auth.integrations.starlette import Message, Scope
 from fastapps_auth.request import RequestInfo
-
-Message = dict[str, Any]
 
 
 class Timings:
@@ -66,12 +65,13 @@ def instrument(timings: Timings) -> None:
     original = cls.__call__
     request: dict[str, float] = {}
 
-    async def timed_call(self: Any, scope: Message, receive: Any, send: Any) -> None:
+    async def timed_call(self: Any, scope: Scope, receive: Any, send: Any) -> None:
         if not getattr(self, "_bench_timed", False):
             self._bench_timed = True
-            inner, evaluate = self.app, self._chain.evaluate
+            inner = self.app
+            evaluate: Callable[..., Awaitable[Decision]] = self._chain.evaluate
 
-            async def app(scope: Message, receive: Any, send: Any) -> None:
+            async def app(scope: Scope, receive: Any, send: Any) -> None:
                 t = perf_counter()
                 try:
                     await inner(scope, receive, send)
@@ -110,7 +110,7 @@ def caller(app: Any, token: str) -> Callable[[], Awaitable[None]]:
     ]
 
     async def call() -> None:
-        scope: Message = {
+        scope: Scope = {
             "type": "http",
             "asgi": {"version": "3.0"},
             "http_version": "1.1",

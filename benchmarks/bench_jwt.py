@@ -40,7 +40,7 @@ from typing import Any
 
 import jwt as pyjwt
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from joserfc import jwk as jose_jwk
 from joserfc import jwt as jose_jwt
@@ -79,12 +79,15 @@ def _bare(key: SigningKey, token: str) -> Callable[[], object]:
     sig = base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
     pub = key.private.public_key()
     if key.alg == "RS256":
+        assert isinstance(pub, rsa.RSAPublicKey)
         pad, hsh = padding.PKCS1v15(), hashes.SHA256()
         return lambda: pub.verify(sig, data, pad, hsh)
     if key.alg == "ES256":
+        assert isinstance(pub, ec.EllipticCurvePublicKey)
         der = encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big"))
         scheme = ec.ECDSA(hashes.SHA256())
         return lambda: pub.verify(der, data, scheme)
+    assert isinstance(pub, ed25519.Ed25519PublicKey)
     return lambda: pub.verify(sig, data)
 
 
@@ -92,13 +95,16 @@ def _bare_parts(key: SigningKey) -> Callable[[bytes, bytes], object]:
     """``verify(signature, signing_input)`` for a JWS signature, with ``cryptography`` only."""
     pub = key.private.public_key()
     if key.alg == "RS256":
+        assert isinstance(pub, rsa.RSAPublicKey)
         pad, hsh = padding.PKCS1v15(), hashes.SHA256()
         return lambda sig, data: pub.verify(sig, data, pad, hsh)
     if key.alg == "ES256":
+        assert isinstance(pub, ec.EllipticCurvePublicKey)
         scheme = ec.ECDSA(hashes.SHA256())
         return lambda sig, data: pub.verify(
             encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big")), data, scheme
         )
+    assert isinstance(pub, ed25519.Ed25519PublicKey)
     return lambda sig, data: pub.verify(sig, data)
 
 

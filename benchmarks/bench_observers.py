@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import os
 import statistics
@@ -80,7 +81,7 @@ async def measure(*, number: int, repeats: int) -> tuple[dict[str, float], dict[
     direct: dict[str, list[float]] = {label: [] for label in chains}
     for _ in range(repeats):  # interleaved, so a noisy neighbour hurts every variant alike
         for label, chain in chains.items():
-            samples[label].append(await arate(lambda c=chain: c.evaluate(token), number=number, rounds=1))
+            samples[label].append(await arate(functools.partial(chain.evaluate, token), number=number, rounds=1))
             if label != BASELINE:
                 direct[label].append(_observer_rate(chain.observers, decision, number))
     for chain in chains.values():

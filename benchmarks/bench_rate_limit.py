@@ -15,7 +15,8 @@ import time
 import tracemalloc
 import uuid
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 from limits import RateLimitItemPerHour
 from limits.storage import MemoryStorage
@@ -30,6 +31,9 @@ from fastapps_auth.clock import SYSTEM_CLOCK
 from fastapps_auth.errors import Rejected
 from fastapps_auth.stage import Verification
 from fastapps_auth.stages.rate_limit import RateLimitStage
+
+#: One awaited call of a benchmark contender.
+Call = Callable[[], Awaitable[object]]
 
 REDIS_URL = "redis://127.0.0.1:6379/13"
 WINDOW = 3600.0
@@ -182,7 +186,7 @@ def bytes_per_key(smoke: bool) -> dict[str, float]:
     return out
 
 
-async def alternate(calls: dict[str, Callable[[], Awaitable[object]]], number: int) -> dict[str, float]:
+async def alternate(calls: dict[str, Call], number: int) -> dict[str, float]:
     """Round trips per second of each call, alternating call by call so that every one sees the same load."""
     for fn in calls.values():
         await fn()  # warm-up: connect, load the script
@@ -215,22 +219,23 @@ async def bench_redis(smoke: bool) -> tuple[list[list[object]], dict[str, float]
     moving, swc = AMoving(storage), ASWC(storage)
     rows: list[list[object]] = []
     found: dict[str, float] = {}
+
+    def contenders(keys: Iterator[str], item: Any, rules: tuple[Rule, ...]) -> dict[str, Call]:
+        """One round trip of each, the next user from ``keys`` each time."""
+        return {
+            "PING": client.ping,
+            "limits MovingWindow": lambda: moving.hit(item, next(keys)),
+            "limits SlidingWindowCounter": lambda: swc.hit(item, next(keys)),
+            "rate-limit backend": lambda: ours.hit(next(keys), rules),
+        }
+
     try:
         many = users(1_000 if smoke else 100_000)
         for limit in (100, 10_000):
             item = RateLimitItemPerHour(limit)
             rules = (Rule.make(limit, WINDOW),)
             for label, keys in (("1 hot user", ["hot-user"]), (f"{len(many):,} users", many)):
-                it = itertools.cycle(keys)
-                r = await alternate(
-                    {
-                        "PING": client.ping,
-                        "limits MovingWindow": lambda it=it, item=item: moving.hit(item, next(it)),
-                        "limits SlidingWindowCounter": lambda it=it, item=item: swc.hit(item, next(it)),
-                        "rate-limit backend": lambda it=it, rules=rules: ours.hit(next(it), rules),
-                    },
-                    number,
-                )
+                r = await alternate(contenders(itertools.cycle(keys), item, rules), number)
                 best_limits = max(r["limits MovingWindow"], r["limits SlidingWindowCounter"])
                 found[f"{limit}/{label}"] = r["rate-limit backend"] / r["PING"]
                 found[f"{limit}/{label}/rate"] = r["rate-limit backend"]

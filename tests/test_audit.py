@@ -503,6 +503,21 @@ async def test_file_lines_are_utf8_json(tmp_path: Any) -> None:
     assert "zoë ☃".encode() in path.read_bytes()
 
 
+async def test_file_sink_with_the_logfmt_renderer(tmp_path: Any) -> None:
+    path = tmp_path / "audit.log"
+    audit = AuditObserver(sink="file", path=str(path), renderer="logfmt")
+    chain = VerifierChain(TableAuth(), Ban(), observers=[audit])
+    await chain.evaluate(ALICE)
+    await chain.evaluate(MALLORY)
+    await chain.aclose()
+    lines = path.read_text().splitlines()
+    assert len(lines) == 2
+    assert all(line.startswith("event='auth.decision' timestamp=") for line in lines)
+    assert "outcome='allowed'" in lines[0]
+    assert "subject='alice'" in lines[0]
+    assert "outcome='rejected'" in lines[1]
+
+
 def test_the_stdlib_encoder_fallback_renders_the_same_json_as_orjson() -> None:
     from fastapps_auth.stages import audit as audit_module
 

@@ -70,3 +70,14 @@ def test_summary_page_and_chart_from_results(tmp_path: Path, monkeypatch: pytest
     assert "a \\| b" in page  # a pipe in a note does not split the table row
     assert "![Benchmark ratios](img/benchmarks.png)" in page
     assert "gamma (no page written)" in page
+
+
+def test_an_area_without_results_is_listed_by_its_page_title(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "gamma-area.md").write_text("# Gamma: where the time goes\n\nMeasured today.\n")
+    (tmp_path / "benchmarks" / "untitled.md").write_text("no heading here\n")
+    monkeypatch.setattr(runner, "DOCS", tmp_path)
+    page = runner.render_page(["gamma_area", "untitled", "delta"], {}, {}, chart=False)
+    assert "- [Gamma: where the time goes](benchmarks/gamma-area.md): `python -m benchmarks.bench_gamma_area`" in page
+    assert "- [untitled](benchmarks/untitled.md)" in page
+    assert "- delta (no page written)" in page

@@ -64,7 +64,7 @@ def test_environment_variables_fill_values() -> None:
         env={"P": "tok-"},
     )
     auth, fails = chain.stages
-    assert auth.options.prefix == "tok-"  # type: ignore[attr-defined]
+    assert auth.options.prefix == "tok-"
     assert fails.retry_after == 3.0
 
 

@@ -6,7 +6,7 @@ import base64
 import json
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from joserfc import jws, jwt
 from joserfc.errors import BadSignatureError
-from joserfc.jwk import KeySet
+from joserfc.jwk import KeySet, KeySetSerialization
 
 from fastapps_auth.clock import ManualClock
 from fastapps_auth.dev_issuer import DevIssuer, KeyStore, RunningIssuer
@@ -24,7 +24,7 @@ from fastapps_auth.testing import start_issuer, tamper
 
 def decode(token: str, jwks: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Header and claims of ``token`` after verifying its signature against ``jwks``."""
-    tok = jwt.decode(token, KeySet.import_key_set(jwks), algorithms=["RS256", "ES256"])
+    tok = jwt.decode(token, KeySet.import_key_set(cast(KeySetSerialization, jwks)), algorithms=["RS256", "ES256"])
     return dict(tok.header), dict(tok.claims)
 
 
@@ -48,6 +48,7 @@ def test_keystore_creates_rs256_and_es256_keys_private_on_disk(tmp_path: Path) -
 def test_rotation_keeps_the_old_key_published_for_the_grace_period(clock: ManualClock) -> None:
     store = KeyStore(None, algorithms=["ES256"], clock=clock)
     old = store.signing_key("ES256").kid
+    assert old is not None  # the key store always sets a kid
     (new,) = store.rotate(grace=600)
     assert store.signing_key("ES256").kid == new != old
     assert {k["kid"] for k in store.jwks()["keys"]} == {old, new}

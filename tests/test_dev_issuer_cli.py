@@ -6,12 +6,12 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
 from joserfc import jwt
-from joserfc.jwk import KeySet
+from joserfc.jwk import KeySet, KeySetSerialization
 
 from fastapps_auth.dev_issuer.cli import main
 
@@ -23,7 +23,9 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 
 
 def claims_of(token: str, jwks: dict[str, Any]) -> dict[str, Any]:
-    return dict(jwt.decode(token, KeySet.import_key_set(jwks), algorithms=["RS256", "ES256"]).claims)
+    return dict(
+        jwt.decode(token, KeySet.import_key_set(cast(KeySetSerialization, jwks)), algorithms=["RS256", "ES256"]).claims
+    )
 
 
 def test_mint_prints_a_token_with_the_requested_claims(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import pytest
 from mkdocs.exceptions import PluginError as MkDocsPluginError
@@ -89,7 +89,7 @@ def test_nav_sections_pick_up_new_pages(tmp_path: Path) -> None:
     (docs / "benchmarks").mkdir()
     (docs / "benchmarks" / "jwt.md").write_text("# jwt\n")
     (docs / "benchmarks" / "chain.md").write_text("# chain\n")
-    config = {
+    config: dict[str, Any] = {
         "docs_dir": str(docs),
         "nav": [{"Benchmarks": [{"Summary": "benchmarks.md"}, {"x": "benchmarks/chain.md"}]}],
     }

@@ -41,7 +41,7 @@ def build(widget: type[BaseWidget]) -> BaseWidget:
 
 
 @auth_required(scopes=["read"])
-class WhoAmI(BaseWidget):
+class WhoAmI(BaseWidget):  # type: ignore[misc]  # fastapps ships no type information: BaseWidget is Any
     identifier = "whoami"
     title = "Who am I"
     input_schema = NoInput
@@ -57,7 +57,7 @@ class WhoAmI(BaseWidget):
 
 
 @auth_required(scopes=["admin"])
-class AdminPanel(BaseWidget):
+class AdminPanel(BaseWidget):  # type: ignore[misc]  # fastapps ships no type information: BaseWidget is Any
     identifier = "admin_panel"
     title = "Admin"
     input_schema = NoInput
@@ -67,7 +67,7 @@ class AdminPanel(BaseWidget):
 
 
 @no_auth
-class Public(BaseWidget):
+class Public(BaseWidget):  # type: ignore[misc]  # fastapps ships no type information: BaseWidget is Any
     identifier = "public"
     title = "Public"
     input_schema = NoInput
@@ -77,7 +77,7 @@ class Public(BaseWidget):
 
 
 @optional_auth(scopes=["read"])
-class Flexible(BaseWidget):
+class Flexible(BaseWidget):  # type: ignore[misc]  # fastapps ships no type information: BaseWidget is Any
     identifier = "flexible"
     title = "Flexible"
     input_schema = NoInput
@@ -87,7 +87,7 @@ class Flexible(BaseWidget):
 
 
 @auth_required
-class Protected(BaseWidget):
+class Protected(BaseWidget):  # type: ignore[misc]  # fastapps ships no type information: BaseWidget is Any
     identifier = "protected"
     title = "Protected"
     input_schema = NoInput
@@ -152,7 +152,8 @@ async def call(url: str, token: str | None, tool: str) -> Any:
 
 async def test_valid_token_reaches_the_widget_with_a_user_context(issuer: Issuer, users_dsn: str) -> None:
     server, chain = make_server(issuer, users_dsn)
-    token = issuer.mint("alice", scope="read write", **{"https://example.com/tenant_id": "acme"})
+    tenant: dict[str, Any] = {"https://example.com/tenant_id": "acme"}  # a claim name that is no identifier
+    token = issuer.mint("alice", scope="read write", **tenant)
     async with AsyncServer(server.get_app()) as srv:
         result = await call(srv.url, token, "whoami")
     await chain.aclose()

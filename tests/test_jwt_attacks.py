@@ -98,7 +98,7 @@ async def test_embedded_and_remote_key_headers_are_ignored(clock: ManualClock, s
     attacker = signing_key("RS256", 7, kid="attacker")
     srv.set_jwks([attacker.jwk()])
     st = rs_stage(clock)
-    headers = [
+    headers: list[dict[str, Any]] = [
         {"jwk": attacker.jwk()},
         {"jku": srv.url + "/jwks.json"},
         {"x5u": srv.url + "/cert.pem"},
@@ -133,6 +133,7 @@ async def test_kid_must_be_a_string(clock: ManualClock, kid: Any) -> None:
 def test_cryptography_rejects_psychic_signatures() -> None:
     """CVE-2022-21449: r = s = 0 must never verify (checked in the library, and again by the stage)."""
     pub = signing_key("ES256").private.public_key()
+    assert isinstance(pub, ec.EllipticCurvePublicKey)
     n = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551  # order of P-256
     for r, s in ((0, 0), (n, n), (0, 1)):
         with pytest.raises((InvalidSignature, ValueError)):

@@ -235,7 +235,7 @@ def test_bad_options_name_the_key(options: dict[str, Any], key: str, auth_plugin
 def test_histogram_buckets_are_less_than_or_equal() -> None:
     metrics = MetricsObserver(registry="private", buckets=[0.1, 0.5, 1.0], decision_seconds=True)
     for seconds in (0.1, 0.3, 0.5, 2.0):
-        metrics(Decision(True, None, trace=[StageTrace("s", "passed", seconds)], duration=seconds))
+        metrics(Decision(True, None, trace=(StageTrace("s", "passed", seconds),), duration=seconds))
     reg = metrics.registry
     buckets = {le: value(reg, "fastapps_auth_stage_seconds_bucket", stage="s", le=le) for le in ("0.1", "0.5", "1.0")}
     assert buckets == {"0.1": 1, "0.5": 3, "1.0": 3}

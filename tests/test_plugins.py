@@ -238,7 +238,7 @@ def test_allowlist_matches_ipaddress_semantics(octets: tuple[int, int, int, int]
 @pytest.mark.usefixtures("installed_plugins")
 async def test_the_writing_a_stage_example(dev_issuer: Any, mint: Any) -> None:
     """The test shown in docs/writing-a-stage.md, run as written."""
-    from fastapps_auth_ip_allowlist import IPAllowlistStage  # type: ignore[import-not-found]
+    from fastapps_auth_ip_allowlist import IPAllowlistStage
 
     from fastapps_auth import VerifierChain
     from fastapps_auth.testing.issuer import jwt_stage

@@ -67,6 +67,7 @@ async def test_admits_the_burst_then_rejects_with_429_and_exact_retry_after(cloc
     assert (v.rate_limit.limit, v.rate_limit.remaining, v.rate_limit.reset) == (5, 0, r.retry_after)
     assert v.rate_limit.policy == "5;w=10"
     # retry_after is exact: a microsecond early is still refused, on time is admitted.
+    assert r.retry_after is not None
     clock.advance(r.retry_after - 2e-6)
     assert await admitted(stage, clock, 1) == 0
     clock.advance(2e-6)
@@ -82,7 +83,9 @@ async def test_pass_exposes_remaining_and_reset_of_the_rule(clock: ManualClock) 
         await stage(v)
         assert v.rate_limit is not None
         seen.append((v.rate_limit.remaining, v.rate_limit.reset))
-    assert seen == [(2, pytest.approx(10.0)), (1, pytest.approx(20.0)), (0, pytest.approx(30.0))]
+    # object: each reset is a pytest.approx, which compares equal to the float it wraps
+    expected: list[tuple[int, object]] = [(2, pytest.approx(10.0)), (1, pytest.approx(20.0)), (0, pytest.approx(30.0))]
+    assert seen == expected
 
 
 async def test_an_idle_key_gets_its_full_burst_back(clock: ManualClock) -> None:

@@ -43,14 +43,14 @@ class GCRAAgainstSlidingLog(RuleBasedStateMachine):
         self.clock = ManualClock(1_800_000_000.0)
         self.store = MemoryRateLimitBackend(max_keys=100, clock=self.clock)
         self.log: list[int] = []  # admission times (microseconds), the sliding log
-        self.rules: tuple[Rule, ...] = ()
+        self.rate_rules: tuple[Rule, ...] = ()  # not ``rules``: RuleBasedStateMachine owns that attribute
         self.shadow: list[int] = []
         self.last: Outcome | None = None
 
     @initialize(params=st.lists(rule_params, min_size=1, max_size=2))
     def setup(self, params: list[tuple[int, float, int]]) -> None:
-        self.rules = tuple(Rule.make(limit, window, min(burst, limit)) for limit, window, burst in params)
-        self.shadow = [0] * len(self.rules)
+        self.rate_rules = tuple(Rule.make(limit, window, min(burst, limit)) for limit, window, burst in params)
+        self.shadow = [0] * len(self.rate_rules)
 
     @rule(
         seconds=st.one_of(
@@ -67,9 +67,9 @@ class GCRAAgainstSlidingLog(RuleBasedStateMachine):
     def requests(self, count: int) -> None:
         for _ in range(count):
             now = self.store.now()
-            expected = not any(would_break(r, self.log, now) for r in self.rules)
-            out = self.store.hit_now("user", self.rules)
-            reference = check(self.rules, self.shadow, now)
+            expected = not any(would_break(r, self.log, now) for r in self.rate_rules)
+            out = self.store.hit_now("user", self.rate_rules)
+            reference = check(self.rate_rules, self.shadow, now)
             assert out == reference  # the inlined fast path is the reference algorithm
             assert out.allowed == expected, (out, now, self.log)
             if out.allowed:
@@ -87,7 +87,7 @@ class GCRAAgainstSlidingLog(RuleBasedStateMachine):
 
     @invariant()
     def sliding_window_bound(self) -> None:
-        for r in self.rules:
+        for r in self.rate_rules:
             window_us = round(r.window * US)
             cap = r.limit + r.burst - 1
             start = 0

@@ -45,7 +45,9 @@ async def keys_of(redis_url: str, prefix: str) -> dict[str, tuple[int, int]]:
     try:
         out = {}
         async for k in client.scan_iter(match=f"{prefix}*"):
-            out[k] = (int(await client.get(k)), await client.pttl(k))
+            tat = await client.get(k)
+            assert tat is not None
+            out[k] = (int(tat), await client.pttl(k))
         return out
     finally:
         await client.aclose()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -91,7 +93,7 @@ async def test_without_an_authenticated_token_it_rejects() -> None:
         ({"required": ["a"], "bogus": 1}, "bogus"),
     ],
 )
-def test_bad_options_name_the_key(options: dict[str, object], key: str) -> None:
+def test_bad_options_name_the_key(options: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError) as info:
         ScopesStage(**options)
     assert info.value.location.key == key

@@ -26,7 +26,7 @@ class GreetInput(BaseModel):
     name: str
 
 
-class GreetWidget(BaseWidget):
+class GreetWidget(BaseWidget):  # type: ignore[misc]  # fastapps ships no type information: BaseWidget is Any
     identifier = "greet"
     title = "Greet"
     input_schema = GreetInput

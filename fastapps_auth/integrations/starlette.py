@@ -13,7 +13,7 @@ import ipaddress
 import json
 import math
 import re
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,8 +27,9 @@ from fastapps_auth.decision import Decision, RateLimitInfo
 from fastapps_auth.request import RequestInfo, current_request
 from fastapps_auth.stages.scopes import ScopesStage
 
-Scope = dict[str, Any]
-Message = dict[str, Any]
+# The ASGI shapes as Starlette (and httpx's ASGITransport) type them, so the middleware is an ASGI app to both.
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]

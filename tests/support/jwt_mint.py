@@ -7,6 +7,7 @@ import functools
 import hashlib
 import hmac
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,8 +15,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-_HASH = {"256": hashes.SHA256, "384": hashes.SHA384, "512": hashes.SHA512}
+_HASH: dict[str, Callable[[], hashes.HashAlgorithm]] = {
+    "256": hashes.SHA256,
+    "384": hashes.SHA384,
+    "512": hashes.SHA512,
+}
 _EC = {"ES256": (ec.SECP256R1, 32, "P-256"), "ES384": (ec.SECP384R1, 48, "P-384"), "ES512": (ec.SECP521R1, 66, "P-521")}
+
+
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
 
 def b64(data: bytes) -> str:
@@ -37,33 +45,39 @@ class SigningKey:
 
     alg: str
     kid: str
-    private: Any
+    private: PrivateKey  # of the kind ``alg`` names
 
     def sign_bytes(self, data: bytes) -> bytes:
         alg = self.alg
+        key: PrivateKey = self.private
         if alg.startswith("RS"):
-            return self.private.sign(data, padding.PKCS1v15(), _HASH[alg[2:]]())
+            assert isinstance(key, rsa.RSAPrivateKey)
+            return key.sign(data, padding.PKCS1v15(), _HASH[alg[2:]]())
         if alg.startswith("PS"):
+            assert isinstance(key, rsa.RSAPrivateKey)
             h = _HASH[alg[2:]]
-            return self.private.sign(data, padding.PSS(mgf=padding.MGF1(h()), salt_length=h().digest_size), h())
+            return key.sign(data, padding.PSS(mgf=padding.MGF1(h()), salt_length=h().digest_size), h())
         if alg.startswith("ES"):
-            r, s = decode_dss_signature(self.private.sign(data, ec.ECDSA(_HASH[alg[2:]]())))
+            assert isinstance(key, ec.EllipticCurvePrivateKey)
+            r, s = decode_dss_signature(key.sign(data, ec.ECDSA(_HASH[alg[2:]]())))
             n = _EC[alg][1]
             return r.to_bytes(n, "big") + s.to_bytes(n, "big")
         if alg == "EdDSA":
-            return self.private.sign(data)
+            assert isinstance(key, ed25519.Ed25519PrivateKey)
+            return key.sign(data)
         raise ValueError(alg)
 
     def jwk(self, **extra: Any) -> dict[str, Any]:
-        pub = self.private.public_key()
+        key: PrivateKey = self.private
+        pub = key.public_key()
         out: dict[str, Any]
         if isinstance(pub, rsa.RSAPublicKey):
-            nums = pub.public_numbers()
-            out = {"kty": "RSA", "n": _int_b64(nums.n), "e": _int_b64(nums.e)}
+            rsa_nums = pub.public_numbers()
+            out = {"kty": "RSA", "n": _int_b64(rsa_nums.n), "e": _int_b64(rsa_nums.e)}
         elif isinstance(pub, ec.EllipticCurvePublicKey):
-            nums = pub.public_numbers()
+            ec_nums = pub.public_numbers()
             size = _EC[self.alg][1]
-            out = {"kty": "EC", "crv": _EC[self.alg][2], "x": _int_b64(nums.x, size), "y": _int_b64(nums.y, size)}
+            out = {"kty": "EC", "crv": _EC[self.alg][2], "x": _int_b64(ec_nums.x, size), "y": _int_b64(ec_nums.y, size)}
         else:
             raw = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
             out = {"kty": "OKP", "crv": "Ed25519", "x": b64(raw)}
@@ -72,8 +86,9 @@ class SigningKey:
         return {k: v for k, v in out.items() if v is not None}
 
     def pem(self) -> str:
+        key: PrivateKey = self.private
         return (
-            self.private.public_key()
+            key.public_key()
             .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
             .decode()
         )
@@ -88,7 +103,7 @@ class SigningKey:
 
 
 @functools.cache
-def _private(alg: str, index: int) -> Any:
+def _private(alg: str, index: int) -> PrivateKey:
     if alg[:2] in ("RS", "PS"):
         return rsa.generate_private_key(public_exponent=65537, key_size=2048)
     if alg in _EC:
