@@ -119,7 +119,7 @@ async def test_mcpserver_valid_token_shows_the_subject_and_runs_the_chain_once(
         assert Counting.calls - before == 1  # the SDK's BearerAuthBackend reused the middleware's decision
         result = await call_tool(srv.url, issuer.mint("alice"), "whoami")
     await chain.aclose()
-    assert not getattr(result, "is_error", getattr(result, "isError", True))
+    assert result.is_error is False
     assert "subject=alice" in result.content[0].text
 
 
