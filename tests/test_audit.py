@@ -530,6 +530,60 @@ def test_the_stdlib_encoder_fallback_renders_the_same_json_as_orjson() -> None:
     assert fast_line(event) == fast_text(event).encode() + b"\n"
 
 
+def _nested(depth: int) -> Any:
+    value: Any = "bottom"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("value", "renders_as"),
+    [
+        ("\ud800x", "\ud800x"),  # a lone surrogate: not UTF-8, orjson refuses it
+        (2**70, 2**70),  # beyond 64 bits
+        (_nested(300), _nested(300)),  # deeper than orjson's 254 levels
+        (_nested(50_000), None),  # too deep for the stdlib too: the claims give way, not the event
+    ],
+    ids=["lone-surrogate", "big-int", "deep", "too-deep"],
+)
+def test_what_orjson_refuses_is_still_rendered(value: Any, renders_as: Any) -> None:
+    from fastapps_auth.stages.audit import _json_line, _json_text
+
+    event = {"event": EVENT, "tool": "search", "claims": {"x": value}}
+    for rendered in (_json_text(event), _json_line(event).decode()):
+        parsed = json.loads(rendered)
+        assert parsed["event"] == EVENT
+        assert parsed["tool"] == "search"
+        assert parsed["claims"] == ({"x": renders_as} if renders_as is not None else "<not renderable>")
+        assert rendered.isascii()  # escaped, so any handler or stream can write it
+
+
+async def test_a_client_cannot_keep_its_requests_out_of_the_audit_log(tmp_path: Any) -> None:
+    """A JSON-RPC body is read before any token is checked; what it names reaches the event, whatever it is."""
+    import httpx
+    from starlette.responses import JSONResponse
+
+    from fastapps_auth.integrations.starlette import ChainAuthMiddleware
+
+    async def endpoint(scope: Any, receive: Any, send: Any) -> None:
+        await JSONResponse({"ok": True})(scope, receive, send)
+
+    path = tmp_path / "audit.jsonl"
+    chain = VerifierChain(TableAuth(), observers=[AuditObserver(sink="file", path=str(path), flush_interval=60)])
+    body = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"\\ud800evil","arguments":{}}}'
+    transport = httpx.ASGITransport(app=ChainAuthMiddleware(endpoint, chain))
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        for token in ("not-a-known-token-xxxxxxxxxxxxxxxxxx", ALICE):
+            response = await client.post(
+                "/mcp", content=body, headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+            )
+            assert response.status_code == (401 if token != ALICE else 200)
+    await chain.aclose()
+    events = _lines(path)
+    assert [(e["outcome"], e["tool"]) for e in events] == [("rejected", "\ud800evil"), ("allowed", "\ud800evil")]
+
+
 async def test_a_failing_write_is_counted_and_never_reaches_the_decision(
     tmp_path: Any, caplog: pytest.LogCaptureFixture
 ) -> None:

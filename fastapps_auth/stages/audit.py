@@ -125,10 +125,25 @@ def _json_default(value: object) -> str:
 
 JsonEncoders = tuple[Callable[[Any], str], Callable[[Any], bytes]]
 
+_stdlib_encode = json.JSONEncoder(default=_json_default, separators=(",", ":")).encode
+
+
+def _ascii_json(event: EventDict) -> str:
+    """The stdlib's rendering, every non-ASCII character escaped; it never loses the event.
+
+    It takes what orjson refuses: a lone surrogate (a JSON-RPC body can carry ``"\\ud800"`` in a
+    tool name before any token is checked: refusing it would let a client keep its requests out
+    of the audit log), an integer beyond 64 bits, nesting deeper than 254 levels. Claims nested
+    too deep even for the stdlib are replaced by a marker.
+    """
+    try:
+        return _stdlib_encode(event)
+    except (ValueError, RecursionError):
+        return _stdlib_encode({**event, "claims": "<not renderable>"})
+
 
 def _stdlib_encoders() -> JsonEncoders:
-    encode = json.JSONEncoder(default=_json_default, separators=(",", ":")).encode
-    return encode, lambda obj: (encode(obj) + "\n").encode()
+    return _ascii_json, lambda event: (_ascii_json(event) + "\n").encode()
 
 
 def _orjson_encoders() -> JsonEncoders | None:
@@ -139,11 +154,17 @@ def _orjson_encoders() -> JsonEncoders | None:
     dumps, text_option = orjson.dumps, orjson.OPT_NON_STR_KEYS
     line_option = text_option | orjson.OPT_APPEND_NEWLINE
 
-    def text(obj: Any) -> str:
-        return dumps(obj, default=_json_default, option=text_option).decode()
+    def text(event: EventDict) -> str:
+        try:
+            return dumps(event, default=_json_default, option=text_option).decode()
+        except TypeError:  # orjson.JSONEncodeError: see _ascii_json
+            return _ascii_json(event)
 
-    def line(obj: Any) -> bytes:
-        return dumps(obj, default=_json_default, option=line_option)
+    def line(event: EventDict) -> bytes:
+        try:
+            return dumps(event, default=_json_default, option=line_option)
+        except TypeError:
+            return (_ascii_json(event) + "\n").encode()
 
     return text, line
 
