@@ -278,8 +278,21 @@ def dev_issuer_command(ctx: typer.Context) -> None:
     raise typer.Exit(forward(list(ctx.args)))
 
 
+def _escape_what_cannot_be_written() -> None:
+    """Characters the terminal cannot encode become escapes instead of a traceback.
+
+    A subject or claim may hold anything a token carries: ``zoë`` on an ASCII terminal
+    (``LANG=C``), a lone surrogate no encoding can write.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns the exit code (``sys.exit(main())``)."""
+    _escape_what_cannot_be_written()
     try:
         app(args=argv, prog_name="fastapps-auth", standalone_mode=True)
     except SystemExit as exc:

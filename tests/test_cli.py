@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 import types
@@ -262,3 +263,40 @@ def test_main_returns_the_exit_code(config: Path, capsys: pytest.CaptureFixture[
     assert main(["no-such-command"]) == 2
     out = capsys.readouterr()
     assert GOOD not in out.out + out.err
+
+
+class SurrogateAuth(ExpiringAuth):
+    """Authenticates like ``cli-test-auth``, then appends a lone surrogate to the subject (TOML cannot carry one)."""
+
+    plugin_name: ClassVar[str] = "cli-test-surrogate"
+
+    async def __call__(self, v: Verification) -> None:
+        await super().__call__(v)
+        assert v.access_token is not None
+        v.access_token = v.access_token.model_copy(update={"subject": f"{v.access_token.subject}\ud800"})
+
+
+@pytest.mark.parametrize(
+    ("encoding", "use", "shown"),
+    [
+        ("ascii", "cli-test-auth", "subject=zo\\xeb"),  # LANG=C: a terminal that only takes ASCII
+        ("utf-8", "cli-test-surrogate", "subject=zoë\\ud800"),  # a lone surrogate: no encoding writes it
+    ],
+)
+def test_what_the_terminal_cannot_write_is_escaped_not_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, encoding: str, use: str, shown: str
+) -> None:
+    registry.register("cli-test-surrogate", SurrogateAuth)
+    path = tmp_path / "auth.toml"
+    path.write_text(f'[[stages]]\nuse = "{use}"\nsubjects = {{ "{GOOD}" = "zoë" }}\n', encoding="utf-8")
+    out, err = io.BytesIO(), io.BytesIO()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(out, encoding=encoding))
+    monkeypatch.setattr(sys, "stderr", io.TextIOWrapper(err, encoding=encoding))
+    try:
+        assert main(["verify", "--config", str(path), GOOD]) == 0
+    finally:
+        registry.unregister("cli-test-surrogate")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    assert shown in out.getvalue().decode(encoding)
+    assert b"Traceback" not in err.getvalue()

@@ -295,3 +295,43 @@ async def test_raw_token_never_logged(clock: ManualClock, srv: JWKSServer, caplo
                 assert part not in caplog.text
                 assert part[:16] not in caplog.text
     await st.aclose()
+
+
+# -- lone UTF-16 surrogates (I-JSON, RFC 7493): no encoding can write them, every consumer reads them its own way --
+
+
+def _with_member(clock: ManualClock, member: str) -> bytes:
+    """The typical payload with one more member, written as raw JSON text (escapes kept as written)."""
+    body = json.dumps(claims(clock.time(), iss=ISS))
+    return (body[:-1] + ", " + member + "}").encode()
+
+
+@pytest.mark.parametrize(
+    ("member", "nick"),
+    [
+        ('"sub": "ali\\ud800ce"', None),  # a lone high surrogate in the subject (the last "sub" wins)
+        ('"nick": "\\udfff"', None),  # a lone low surrogate
+        ('"\\ud800": "x"', None),  # in a member name
+        ('"tags": [{"a": ["ok", "\\uDBFF"]}]', None),  # nested, upper-case escape
+        ('"nick": "\\ude00\\ud83d"', None),  # a pair in the wrong order is two lone halves
+        ('"nick": "\\ud83d\\ude00"', "\U0001f600"),  # an escaped pair is one character: accepted
+        ('"nick": "\\\\ud800"', "\\ud800"),  # an escaped backslash, then the letters: no surrogate
+    ],
+)
+async def test_lone_surrogates_are_malformed(clock: ManualClock, member: str, nick: str | None) -> None:
+    d = await evaluate(rs_stage(clock), _signed(_with_member(clock, member), clock))
+    if nick is None:
+        assert (d.allowed, d.reason, d.status) == (False, "malformed", 401)
+        return
+    assert d.allowed
+    assert d.access_token is not None
+    assert d.access_token.claims is not None
+    assert d.access_token.claims["nick"] == nick
+
+
+async def test_a_lone_surrogate_in_the_header_is_malformed(clock: ManualClock) -> None:
+    key = signing_key()
+    header = b'{"alg": "RS256", "kid": "' + key.kid.encode() + b'", "x": "\\ud800"}'
+    si = f"{b64(header)}.{b64json(claims(clock.time(), iss=ISS))}"
+    d = await evaluate(rs_stage(clock), f"{si}.{b64(key.sign_bytes(si.encode()))}")
+    assert (d.allowed, d.reason) == (False, "malformed")

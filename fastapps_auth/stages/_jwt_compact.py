@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import binascii
 import json
+import re
 from json.scanner import make_scanner
 from typing import Any
 
@@ -95,4 +96,32 @@ def json_object(raw: bytes, *, no_duplicates: bool = True) -> dict[str, Any]:
         raise Malformed("invalid JSON") from None
     if type(obj) is not dict:
         raise Malformed("not a JSON object")
+    if ("\\ud" in text or "\\uD" in text) and _lone_surrogate(obj):
+        raise Malformed("a lone UTF-16 surrogate")
     return obj
+
+
+def _lone_surrogate(obj: dict[str, Any]) -> bool:
+    """Whether a name or string in ``obj`` holds a UTF-16 surrogate that is not half of a pair.
+
+    JSON lets ``"\\ud800"`` stand alone; I-JSON (RFC 7493) does not, and no encoding can write it:
+    every consumer of such a claim (a database driver, a log, a terminal) fails or reads it its own way.
+    Escaped pairs were already joined into one character by the parser, so whatever surrogate is
+    left is a lone one. Only called when the text has a surrogate escape at all; iterative, so any
+    depth the parser accepted is walked.
+    """
+    stack: list[Any] = [obj]
+    while stack:
+        item = stack.pop()
+        if type(item) is str:
+            if _SURROGATE.search(item):
+                return True
+        elif type(item) is dict:
+            stack.extend(item)
+            stack.extend(item.values())
+        elif type(item) is list:
+            stack.extend(item)
+    return False
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
