@@ -9,18 +9,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fastapps_auth import AnyOf, ConfigError, PluginError, VerifierChain, chain_from_config, registry
+from fastapps_auth import AnyOf, ConfigError, PluginError, VerifierChain, chain_from_config
 from fastapps_auth.config import interpolate
-from tests.support.stages import Counts, Fails, TokenIsSubject
+from tests.support.stages import Counts, Fails, TokenIsSubject, registered
 
 
 @pytest.fixture(autouse=True)
 def test_plugins() -> Iterator[None]:
-    for cls in (TokenIsSubject, Fails, Counts):
-        registry.register(cls.plugin_name, cls)
-    yield
-    for cls in (TokenIsSubject, Fails, Counts):
-        registry.unregister(cls.plugin_name)
+    with registered(TokenIsSubject, Fails, Counts):
+        yield
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,28 +13,19 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from fastapps_auth import ConfigError, Decision, ManualClock, VerifierChain
+from fastapps_auth import ConfigError, ManualClock
 from fastapps_auth.stages.jwt import JWTVerifier
 from tests.support.jwks_server import JWKSServer
 from tests.support.jwt_mint import b64, b64json, claims, hs_token, signing_key
+from tests.support.jwt_stages import evaluate
 
 ISS = "https://issuer.example/"
-
-
-@pytest.fixture
-def srv() -> Iterator[JWKSServer]:
-    with JWKSServer() as server:
-        yield server
 
 
 def rs_stage(clock: ManualClock, **options: Any) -> JWTVerifier:
     options.setdefault("jwks", {"keys": [signing_key("RS256").jwk(), signing_key("ES256").jwk()]})
     options.setdefault("algorithms", ["RS256", "ES256"])
     return JWTVerifier(issuer_url=ISS, clock=clock, **options)
-
-
-async def evaluate(st: JWTVerifier, token: str) -> Decision:
-    return await VerifierChain(st, clock=st.clock).evaluate(token)
 
 
 def forge(header: dict[str, Any], payload: dict[str, Any] | str, signature: bytes = b"") -> str:

@@ -6,30 +6,16 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
-from fastapps_auth import Decision, ManualClock, VerifierChain
+from fastapps_auth import ManualClock, VerifierChain
 from fastapps_auth.stages.jwt import JWTVerifier
 from tests.support.jwks_server import JWKSServer
 from tests.support.jwt_mint import claims, signing_key
+from tests.support.jwt_stages import evaluate, remote
 
 AUD = "api://mcp"
-
-
-@pytest.fixture
-def srv() -> Iterator[JWKSServer]:
-    with JWKSServer() as server:
-        yield server
-
-
-def remote(clock: ManualClock, srv: JWKSServer, **options: Any) -> JWTVerifier:
-    options.setdefault("jwks_uri", srv.url + "/jwks.json")
-    options.setdefault("timeout", 3.0)
-    options.setdefault("http_timeout", 2.0)
-    return JWTVerifier(clock=clock, **options)
 
 
 async def settle(st: JWTVerifier) -> None:
@@ -39,10 +25,6 @@ async def settle(st: JWTVerifier) -> None:
         if task is None:
             return
         await asyncio.gather(task, return_exceptions=True)
-
-
-async def evaluate(st: JWTVerifier, token: str) -> Decision:
-    return await VerifierChain(st, clock=st.clock).evaluate(token)
 
 
 async def test_oidc_discovery(clock: ManualClock, srv: JWKSServer) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -26,17 +25,8 @@ pytestmark = pytest.mark.redis
 
 
 @pytest.fixture
-async def prefix(redis_url: str) -> AsyncIterator[str]:
-    """A key prefix of this test's own; its keys are deleted afterwards (other tests share database 13)."""
-    p = f"test-rl-{uuid.uuid4().hex[:12]}"
-    yield p
-    client = aioredis.Redis.from_url(redis_url)
-    try:
-        keys = [k async for k in client.scan_iter(match=f"{p}*", count=1000)]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
+def prefix(redis_prefix: str) -> str:
+    return redis_prefix
 
 
 async def keys_of(redis_url: str, prefix: str) -> dict[str, tuple[int, int]]:

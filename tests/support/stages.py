@@ -1,12 +1,14 @@
-"""Small stages for testing the core without a network: an authenticator and failure makers."""
+"""Small stages for testing the core without a network: an authenticator and failure makers, and registering them."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, ClassVar
 
 from pydantic import Field
 
-from fastapps_auth import AccessToken, Rejected, Stage, StageOptions, Verification
+from fastapps_auth import AccessToken, Rejected, Stage, StageOptions, Verification, registry
 from fastapps_auth.component import ComponentOptions
 
 
@@ -81,3 +83,15 @@ class Counts(Stage[StageOptions]):
 
     async def aclose(self) -> None:
         self.closed += 1
+
+
+@contextmanager
+def registered(*classes: type[Stage[Any]]) -> Iterator[None]:
+    """``classes`` registered under their plugin names for the block, then removed."""
+    for cls in classes:
+        registry.register(cls.plugin_name, cls)
+    try:
+        yield
+    finally:
+        for cls in classes:
+            registry.unregister(cls.plugin_name)
