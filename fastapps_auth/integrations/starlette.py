@@ -21,6 +21,7 @@ from typing import Any
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 from starlette.authentication import AuthCredentials
+from starlette.requests import ClientDisconnect
 
 from fastapps_auth.chain import VerifierChain
 from fastapps_auth.decision import Decision, RateLimitInfo
@@ -38,8 +39,11 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 STATE_KEY = "fastapps_auth.decision"
 #: JSON-RPC bodies read to find the MCP method and tool are at most this large by default.
 DEFAULT_MAX_BODY = 1024 * 1024
+#: The largest delta-seconds a header carries (RFC 9111 §1.2.2): a longer or infinite wait is this.
+MAX_SECONDS = 2**31
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +84,7 @@ class RequestScopedVerifier:
         self.resource_url = str(resource_url).rstrip("/") if resource_url else None
 
     async def verify_token(self, token: str) -> AccessToken | None:
+        token = token.strip()  # the SDK's backend keeps the spaces after "Bearer" that RFC 7235 allows
         held = _current.get()
         if held is not None and held.token == token:
             decision = held.decision
@@ -109,12 +114,33 @@ def parse_networks(cidrs: Iterable[str]) -> tuple[IPNetwork, ...]:
     return tuple(ipaddress.ip_network(c.strip(), strict=False) for c in cidrs)
 
 
-def _in(ip: str, networks: Sequence[IPNetwork]) -> bool:
+def _address(hop: str) -> IPAddress | None:
+    """An address as peers and proxies write it: ``1.2.3.4``, ``1.2.3.4:80``, ``[2001:db8::1]:80``; else ``None``.
+
+    An IPv4-mapped IPv6 address (a dual-stack listener's view of an IPv4 peer) is its IPv4 address.
+    """
+    host, port = hop, None
+    if hop.startswith("["):
+        host, bracket, rest = hop[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            return None
+        port = rest[1:] if rest else None
+    elif hop.count(":") == 1:
+        host, _, port = hop.partition(":")
+    if port is not None and not (port.isascii() and port.isdigit()):
+        return None
     try:
-        addr = ipaddress.ip_address(ip)
+        addr = ipaddress.ip_address(host)
     except ValueError:
-        return False
-    return any(addr in n for n in networks)
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+def _in(ip: str, networks: Sequence[IPNetwork]) -> bool:
+    addr = _address(ip)
+    return addr is not None and any(addr in n for n in networks)
 
 
 def client_ip(scope: Scope, trusted: Sequence[IPNetwork]) -> str | None:
@@ -132,13 +158,12 @@ def client_ip(scope: Scope, trusted: Sequence[IPNetwork]) -> str | None:
         if name == b"x-forwarded-for":
             forwarded.extend(h.strip() for h in value.decode("latin-1").split(","))
     for hop in reversed(forwarded):
-        try:
-            ipaddress.ip_address(hop)
-        except ValueError:
+        addr = _address(hop)
+        if addr is None:
             return ip  # a malformed hop: stop trusting the header there
-        ip = hop
-        if not _in(hop, trusted):
-            return hop
+        ip = str(addr)
+        if not any(addr in n for n in trusted):
+            return ip
     return ip
 
 
@@ -175,7 +200,9 @@ def _quote(value: str) -> str:
 
 
 def _seconds(value: float) -> str:
-    return str(max(0, math.ceil(value)))
+    if math.isnan(value):
+        value = 1.0
+    return str(max(0, math.ceil(min(value, MAX_SECONDS))))
 
 
 def rate_limit_headers(info: RateLimitInfo) -> list[tuple[bytes, bytes]]:
@@ -248,10 +275,19 @@ def error_response(
     return status, headers, json.dumps(body).encode()
 
 
-async def _send_response(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+async def _send_response(
+    scope: Scope, send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+) -> None:
+    """Answer an HTTP request; refuse a websocket handshake with the same response where the server can send one."""
+    prefix = ""
+    if scope["type"] == "websocket":
+        if "websocket.http.response" not in scope.get("extensions", {}):
+            await send({"type": "websocket.close", "code": 1008})  # before accept: the server answers 403
+            return
+        prefix = "websocket."
     headers = [*headers, (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": prefix + "http.response.start", "status": status, "headers": headers})
+    await send({"type": prefix + "http.response.body", "body": body})
 
 
 def bearer_token(scope: Scope) -> str | None:
@@ -270,11 +306,13 @@ def bearer_token(scope: Scope) -> str | None:
 
 
 class ChainAuthMiddleware:
-    """Authenticates HTTP requests with a ``VerifierChain``; non-HTTP scopes pass straight through.
+    """Authenticates HTTP requests and websocket handshakes with a ``VerifierChain``; lifespan passes through.
 
-    ``paths``: path prefixes to protect (default: all); ``exempt``: prefixes never
-    checked (default: ``/.well-known/``). ``anonymous="allow"`` lets requests with no
-    credentials through unauthenticated (a bad token is still refused).
+    ``paths``: path prefixes to protect (default: all); ``exempt``: path segments never
+    checked (default: ``/.well-known/``); both are matched against the path the app
+    routes on (below its mount or root path) as well as the full path.
+    ``anonymous="allow"`` lets requests with no credentials through unauthenticated
+    (a bad token is still refused).
     ``required_scopes`` run as one more stage at the end of the chain (403, seen by the
     chain's observers like any other refusal). ``trusted_proxies``
     are CIDRs whose X-Forwarded-For is believed.
@@ -322,32 +360,41 @@ class ChainAuthMiddleware:
         self.max_body_bytes = max_body_bytes
         self.on_decision = on_decision
 
-    def _protects(self, path: str) -> bool:
-        if any(path.startswith(p) for p in self.exempt):
+    def _protects(self, scope: Scope) -> bool:
+        # Starlette routes on the path below the mount (or the server's root path), which is what
+        # ``paths`` name; a list written against the full path keeps protecting it too.
+        paths = {scope.get("path", ""), _route_path(scope)}
+        if any(_within(path, p) for path in paths for p in self.exempt):
             return False
-        return self.paths is None or any(path == p.rstrip("/") or path.startswith(p) for p in self.paths)
+        if self.paths is None:
+            return True
+        return any(path == p.rstrip("/") or path.startswith(p) for path in paths for p in self.paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("method") == "OPTIONS" or not self._protects(scope.get("path", "")):
+        if scope["type"] not in ("http", "websocket") or scope.get("method") == "OPTIONS" or not self._protects(scope):
             await self.app(scope, receive, send)
             return
         token = bearer_token(scope)
         if token is None and not self.allow_anonymous:
             await _send_response(
-                send, *error_response(None, resource_metadata=self.resource_metadata_url, realm=self.realm)
+                scope, send, *error_response(None, resource_metadata=self.resource_metadata_url, realm=self.realm)
             )
             return
         mcp_method = tool = None
         if scope.get("method") == "POST" and _is_json(scope):
-            body = await _read_body(receive, self.max_body_bytes)
+            try:
+                body = await _read_body(receive, self.max_body_bytes)
+            except ClientDisconnect:
+                return  # the client left mid-body: no request to decide on or to run
             if body is None:
                 await _send_response(
-                    send, 413, [(b"content-type", b"application/json")], b'{"error":"request_too_large"}'
+                    scope, send, 413, [(b"content-type", b"application/json")], b'{"error":"request_too_large"}'
                 )
                 return
             mcp_method, tool, ok = rpc_target(body)
             if not ok:
                 await _send_response(
+                    scope,
                     send,
                     400,
                     [(b"content-type", b"application/json")],
@@ -375,7 +422,7 @@ class ChainAuthMiddleware:
             self.on_decision(scope, decision)
         if not decision.allowed:
             await _send_response(
-                send, *error_response(decision, resource_metadata=self.resource_metadata_url, realm=self.realm)
+                scope, send, *error_response(decision, resource_metadata=self.resource_metadata_url, realm=self.realm)
             )
             return
         _authenticate_scope(scope, decision)
@@ -399,6 +446,21 @@ def _authenticate_scope(scope: Scope, decision: Decision) -> None:
     scope["auth"] = AuthCredentials(at.scopes)
 
 
+def _route_path(scope: Scope) -> str:
+    """The path the app routes on: ``path`` without ``root_path`` (as Starlette's routing computes it)."""
+    path: str = scope.get("path", "")
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root) and (path == root or path[len(root)] == "/"):
+        return path[len(root) :]
+    return path
+
+
+def _within(path: str, prefix: str) -> bool:
+    """``path`` is ``prefix`` or below it, at a segment boundary: ``/public`` covers ``/public/x``, not ``/publicx``."""
+    base = prefix.rstrip("/")
+    return path == base or path.startswith(base + "/")
+
+
 def _is_json(scope: Scope) -> bool:
     for name, value in scope.get("headers", ()):
         if name == b"content-type":
@@ -407,13 +469,13 @@ def _is_json(scope: Scope) -> bool:
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes | None:
-    """The whole request body, or ``None`` as soon as it exceeds ``limit`` bytes."""
+    """The whole request body, or ``None`` as soon as it exceeds ``limit`` bytes; raises ``ClientDisconnect``."""
     chunks: list[bytes] = []
     size = 0
     while True:
         message = await receive()
         if message["type"] != "http.request":
-            return b"".join(chunks)
+            raise ClientDisconnect
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
