@@ -90,6 +90,12 @@ async def test_client_id_sources(clock: ManualClock, extra: dict[str, Any], clie
         ({"exp": "soon"}, "bad_claim"),
         ({"exp": True}, "bad_claim"),
         ({"exp": 1e400}, "malformed"),  # json.dumps writes Infinity, a non-JSON literal
+        ({"exp": 1e300}, "bad_claim"),  # finite, but no time: expires_at would be a 301-digit integer
+        ({"exp": 2.0**54}, "bad_claim"),  # as out of range as the integer 2**54
+        ({"nbf": 1e300}, "bad_claim"),
+        ({"iat": -1e300}, "bad_claim"),
+        ({"nbf": True}, "bad_claim"),
+        ({"iat": False}, "bad_claim"),
         ({"nbf": "x"}, "bad_claim"),
         ({"iat": [1]}, "bad_claim"),
         ({"sub": 5}, "bad_claim"),
@@ -121,6 +127,14 @@ async def test_time_claims_with_leeway(clock: ManualClock) -> None:
     assert (await decide(st, key.token(claims(now, nbf=now + 31)))).reason == "not_yet_valid"
     assert (await decide(st, key.token(claims(now, iat=now + 29)))).allowed
     assert (await decide(st, key.token(claims(now, iat=now + 31)))).reason == "issued_in_future"
+
+
+async def test_fractional_time_claims(clock: ManualClock) -> None:
+    now = clock.time()
+    at = await VerifierChain(stage(clock), clock=clock).verify_token(
+        signing_key().token(claims(now, exp=now + 100.75, nbf=now - 0.5, iat=now - 1.25))
+    )
+    assert at is not None and at.expires_at == int(now) + 100
 
 
 async def test_no_audience_configured_accepts_any(clock: ManualClock) -> None:

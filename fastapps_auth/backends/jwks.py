@@ -4,7 +4,9 @@ The remote source discovers the ``jwks_uri`` (OIDC, then RFC 8414), caches the
 key set for its ``Cache-Control: max-age`` (clamped), refreshes at most once per
 ``min_refresh_interval`` when an unknown ``kid`` shows up, shares one in-flight
 fetch between all waiters (single flight), keeps the last good keys when a
-refresh fails (stale-if-error) and retries with exponential backoff.
+refresh fails (stale-if-error) and retries with exponential backoff. What a key
+server sends is bounded: no redirects followed, no cookies kept, a time limit on
+the whole fetch and a size limit on the body after decompression.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import ipaddress
 import json
 import logging
 import re
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -30,6 +34,8 @@ logger = logging.getLogger("fastapps_auth.jwks")
 
 #: Keys beyond this many in one key set are ignored: a token without ``kid`` tries each candidate.
 MAX_KEYS = 50
+#: Entries of a fetched key set examined at most: a set padded with junk costs bounded work and logging.
+MAX_JWKS_ENTRIES = 1000
 _MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*\"?(\d+)\"?\s*(?:,|$)", re.IGNORECASE)
 
 
@@ -71,17 +77,28 @@ def parse_jwks(doc: Any, allowed: Iterable[str], *, strict: bool) -> KeySet:
     if not isinstance(doc, Mapping) or not isinstance(doc.get("keys"), list):
         raise KeyImportError('a JWKS must be an object with a "keys" list')
     allowed = frozenset(allowed)
+    entries: list[Any] = doc["keys"]
+    if not strict and len(entries) > MAX_JWKS_ENTRIES:
+        logger.warning("JWKS has %d entries; only the first %d are examined", len(entries), MAX_JWKS_ENTRIES)
+        entries = entries[:MAX_JWKS_ENTRIES]
     keys: list[VerifyKey] = []
-    for i, jwk in enumerate(doc["keys"]):
+    skipped: list[str] = []
+    for i, jwk in enumerate(entries):
+        if not strict and len(keys) == MAX_KEYS:
+            logger.warning("JWKS has more than %d usable keys; only the first %d are used", MAX_KEYS, MAX_KEYS)
+            break
         try:
             key = key_from_jwk(jwk, allowed)
         except KeyImportError as exc:
             if strict:
                 raise KeyImportError(f"keys[{i}]: {exc}") from None
-            logger.warning("ignoring JWKS key %d: %s", i, exc)
+            skipped.append(f"keys[{i}]: {str(exc)[:120]}")
             continue
         if key is not None:
             keys.append(key)
+    if skipped:  # one line per key set, however many bad keys it holds
+        more = f" (and {len(skipped) - 3} more)" if len(skipped) > 3 else ""
+        logger.warning("ignoring %d unusable JWKS key(s): %s%s", len(skipped), "; ".join(skipped[:3]), more)
     if len(keys) > MAX_KEYS:
         logger.warning("JWKS has %d usable keys; only the first %d are used", len(keys), MAX_KEYS)
     return KeySet(keys)
@@ -333,27 +350,39 @@ class RemoteKeySource(KeySource):
             self._client = httpx.AsyncClient(
                 timeout=httpx.Timeout(self.http_timeout),
                 follow_redirects=False,
-                headers={"Accept": "application/json", "User-Agent": "fastapps-auth"},
+                # A key server's cookies are neither kept nor sent back: no state, no jar growing per fetch.
+                cookies=CookieJar(DefaultCookiePolicy(allowed_domains=[])),
+                # Only what _get_json inflates within max_bytes (httpx would inflate a whole chunk first).
+                headers={"Accept": "application/json", "Accept-Encoding": "gzip", "User-Agent": "fastapps-auth"},
             )
         return self._client
 
     async def _get_json(self, url: str) -> tuple[Any, str | None]:
-        """GET ``url`` as JSON within ``http_timeout`` in total and ``max_bytes`` of body."""
+        """GET ``url`` as JSON within ``http_timeout`` in total and ``max_bytes`` of (inflated) body."""
         import httpx
 
         self.fetches += 1
+        limit = self.max_bytes
         try:
             async with asyncio.timeout(self.http_timeout), self._http().stream("GET", url) as resp:
                 if resp.status_code != 200:
                     raise FetchError(f"{url} answered HTTP {resp.status_code}")
                 declared = resp.headers.get("content-length")
-                if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-                    raise FetchError(f"{url}: response larger than {self.max_bytes} bytes")
+                if declared is not None and declared.isdigit() and int(declared) > limit:
+                    raise FetchError(f"{url}: response larger than {limit} bytes")
+                inflate = _inflater(url, resp.headers.get("content-encoding"))
                 body = bytearray()
-                async for chunk in resp.aiter_bytes():
+                async for chunk in resp.aiter_raw():
+                    if inflate is not None:
+                        try:  # never more than one byte past the limit, however small the chunk
+                            chunk = inflate.decompress(chunk, limit + 1 - len(body))
+                        except zlib.error:
+                            raise FetchError(f"{url}: invalid compressed body") from None
                     body += chunk
-                    if len(body) > self.max_bytes:
-                        raise FetchError(f"{url}: response larger than {self.max_bytes} bytes")
+                    if len(body) > limit:
+                        raise FetchError(f"{url}: response larger than {limit} bytes")
+                if inflate is not None and not inflate.eof:
+                    raise FetchError(f"{url}: truncated compressed body")
                 cache_control = resp.headers.get("cache-control")
         except TimeoutError:
             raise FetchError(f"{url}: no answer within {self.http_timeout}s") from None
@@ -387,6 +416,16 @@ class RemoteKeySource(KeySource):
         if self.keys is not None:
             out["jwks_age_seconds"] = self.clock.monotonic() - self._loaded_at
         return out
+
+
+def _inflater(url: str, encoding: str | None) -> zlib._Decompress | None:
+    """A zlib decompressor for a gzip or deflate body, ``None`` for identity; other codings are refused."""
+    coding = (encoding or "identity").strip().lower()
+    if coding == "identity":
+        return None
+    if coding in ("gzip", "x-gzip", "deflate"):
+        return zlib.decompressobj(32 + zlib.MAX_WBITS)  # zlib or gzip header, detected
+    raise FetchError(f"{url}: unsupported Content-Encoding {coding[:40]!r}")
 
 
 def _consume(task: asyncio.Task[Any]) -> None:

@@ -35,6 +35,12 @@ OKP_CURVES: dict[str, type[ed25519.Ed25519PublicKey] | type[ed448.Ed448PublicKey
 ASYMMETRIC_ALGS = frozenset({*RSA_ALGS, *EC_ALGS, "EdDSA"})
 SUPPORTED_ALGS = frozenset({*ASYMMETRIC_ALGS, *HMAC_ALGS})
 MIN_RSA_BITS = 2048
+#: OpenSSL verifies with no larger modulus: a bigger key could never verify a signature.
+MAX_RSA_BITS = 16384
+#: Largest public exponent (FIPS 186-5: e < 2**256): a huge one makes every verification as costly as a signature.
+MAX_RSA_EXPONENT_BITS = 256
+#: Members holding the private half of an RSA, EC or OKP JWK (RFC 7518 §6.2.2, §6.3.2; RFC 8037).
+PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth")
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {"256": hashes.SHA256, "384": hashes.SHA384, "512": hashes.SHA512}
 _CURVES: dict[str, ec.EllipticCurve] = {"P-256": ec.SECP256R1(), "P-384": ec.SECP384R1(), "P-521": ec.SECP521R1()}
 
@@ -151,6 +157,10 @@ def algorithms_for(public_key: object) -> tuple[frozenset[str], str]:
     if isinstance(public_key, rsa.RSAPublicKey):
         if public_key.key_size < MIN_RSA_BITS:
             raise KeyImportError(f"RSA key of {public_key.key_size} bits is too small (minimum {MIN_RSA_BITS})")
+        if public_key.key_size > MAX_RSA_BITS:
+            raise KeyImportError(f"RSA key of {public_key.key_size} bits is too large (maximum {MAX_RSA_BITS})")
+        if public_key.public_numbers().e.bit_length() > MAX_RSA_EXPONENT_BITS:
+            raise KeyImportError(f"RSA public exponent is too large (maximum {MAX_RSA_EXPONENT_BITS} bits)")
         return RSA_ALGS, "RSA"
     if isinstance(public_key, ec.EllipticCurvePublicKey):
         for alg, (crv, _) in EC_ALGS.items():
@@ -185,7 +195,7 @@ def hmac_key(secret: bytes, allowed: Iterable[str]) -> VerifyKey:
 
 
 def public_key_from_jwk(jwk: Mapping[str, Any]) -> object:
-    """Import the public part of an RSA, EC or OKP JWK (private members are ignored)."""
+    """Import the public part of an RSA, EC or OKP JWK (``key_from_jwk`` refuses private members)."""
     kty = jwk.get("kty")
     if kty == "RSA":
         n = int.from_bytes(b64url_decode(jwk.get("n"), "n"), "big")
@@ -238,6 +248,9 @@ def key_from_jwk(jwk: Any, allowed: Iterable[str]) -> VerifyKey | None:
         raise KeyImportError("kid must be a string")
     if jwk.get("kty") == "oct":
         return None
+    leaked = next((m for m in PRIVATE_MEMBERS if m in jwk), None)
+    if leaked is not None:  # a published private key: anyone can sign with it
+        raise KeyImportError(f"the key holds private key material ({leaked!r}); publish only the public key")
     key = build_key(public_key_from_jwk(jwk), kid, allowed)
     alg = jwk.get("alg")
     if alg is not None:

@@ -11,7 +11,6 @@ scopes are rechecked on every hit.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -19,7 +18,7 @@ from typing import Any, ClassVar
 from mcp.server.auth.provider import AccessToken
 from pydantic import Field, SecretStr
 
-from fastapps_auth.backends.jwks import KeySource, RemoteKeySource, check_url, parse_jwks, static_source
+from fastapps_auth.backends.jwks import KeySet, KeySource, RemoteKeySource, check_url, parse_jwks, static_source
 from fastapps_auth.backends.jwks_keys import (
     HMAC_ALGS,
     SUPPORTED_ALGS,
@@ -41,7 +40,8 @@ DEFAULT_ALGORITHMS = ("RS256", "ES256", "EdDSA")
 _MISSING: Any = object()
 #: Distinct protected headers remembered (they repeat: one per key); the memo is cleared when full.
 _MAX_HEADERS = 64
-#: Integer claims beyond this are not times (and would lose precision as floats).
+#: Time claims beyond this (either way) are not times: an integer would lose precision as a float,
+#: and a float such as 1e300 would make ``expires_at`` a 301-digit integer.
 _MAX_INT = 2**53
 #: What a cache hit answers: the access token and the required scopes it lacks.
 _Verified = tuple[AccessToken, tuple[str, ...]]
@@ -268,30 +268,41 @@ class JWTVerifier(Stage[JWTOptions]):
         keys = source.current()
         if keys is None:
             keys = await source.wait_keys()
-        candidates = keys.candidates(kid, alg)
-        if not candidates:
-            fresh = await source.refresh_unknown()
-            if fresh is not None:
-                candidates = fresh.candidates(kid, alg)
-            if not candidates:
-                raise Rejected("unknown_key", "the token was signed by an unknown key")
-        usable = False
-        for key in candidates:
+        for key in keys.candidates(kid, alg):
             verify = key.verifiers.get(alg)
-            if verify is not None:
-                usable = True
-                if verify(sig, signing_input):
-                    break
+            if verify is not None and verify(sig, signing_input):
+                break
         else:
-            if not usable:
-                raise Rejected("unsupported_algorithm", "the token's key does not allow its algorithm")
-            raise Rejected("bad_signature", "the token's signature is invalid")
+            await self._verify_after_miss(keys, kid, alg, sig, signing_input)
         at, exp_limit, missing = self._claims(token, payload, v.now)
         if cache is not None:
             cache.put(digest, (at, missing), now=v.now, expires=exp_limit)
         if missing:
             raise insufficient_scope(missing)
         v.access_token = at
+
+    async def _verify_after_miss(
+        self, keys: KeySet, kid: str | None, alg: str, sig: bytes, signing_input: bytes
+    ) -> None:
+        """No known key verified the token: return if a refreshed key set does, else raise the rejection.
+
+        A kid the set does not know may be a rotation, also when keys without a kid were there to
+        try: the key set is refreshed (at most once per ``min_refresh_interval``) and tried again.
+        """
+        candidates = keys.candidates(kid, alg)
+        if not candidates or (kid is not None and kid not in keys.by_kid):
+            fresh = await self._source.refresh_unknown()
+            if fresh is not None:
+                candidates = fresh.candidates(kid, alg)
+                for key in candidates:
+                    verify = key.verifiers.get(alg)
+                    if verify is not None and verify(sig, signing_input):
+                        return
+            if not candidates:
+                raise Rejected("unknown_key", "the token was signed by an unknown key")
+        if not any(alg in key.verifiers for key in candidates):
+            raise Rejected("unsupported_algorithm", "the token's key does not allow its algorithm")
+        raise Rejected("bad_signature", "the token's signature is invalid")
 
     def _parse(self, token: str) -> tuple[str, str | None, bytes, dict[str, Any], bytes]:
         """``(alg, kid, signature, payload, signing input)`` of a well-formed token with an acceptable header."""
@@ -340,10 +351,10 @@ class JWTVerifier(Stage[JWTOptions]):
         leeway = self._leeway
         exp = get("exp", _MISSING)
         te = type(exp)
-        if not ((te is int and -_MAX_INT <= exp <= _MAX_INT) or (te is float and math.isfinite(exp))):
+        if not ((te is int or te is float) and -_MAX_INT <= exp <= _MAX_INT):  # NaN fails it too
             if exp is _MISSING:
                 raise Rejected("missing_claim", "the token has no exp claim")
-            raise Rejected("bad_claim", "the token's exp claim is not a finite number")
+            raise Rejected("bad_claim", "the token's exp claim is not a valid time (a number of seconds)")
         if now >= exp + leeway:
             raise Rejected("expired", "the token has expired")
         if "nbf" in p and now + leeway < _number(p, "nbf"):
@@ -444,12 +455,12 @@ def _norm_typ(typ: str) -> str:
 
 
 def _number(p: dict[str, Any], name: str) -> float:
-    """A present claim as a finite number; ``bad_claim`` for anything else (bools, null, strings, NaN)."""
+    """A present claim as a number within ±2**53; ``bad_claim`` for anything else (bools, null, strings, NaN)."""
     value = p[name]
     t = type(value)
-    if (t is int and -_MAX_INT <= value <= _MAX_INT) or (t is float and math.isfinite(value)):
+    if (t is int or t is float) and -_MAX_INT <= value <= _MAX_INT:  # not NaN, not infinite
         return float(value)
-    raise Rejected("bad_claim", f"the token's {name} claim is not a finite number")
+    raise Rejected("bad_claim", f"the token's {name} claim is not a valid time (a number of seconds)")
 
 
 def _scopes(p: dict[str, Any]) -> list[str]:

@@ -1,8 +1,9 @@
 """A real HTTP server on 127.0.0.1 serving JWKS and discovery documents to tests and benchmarks.
 
 It runs in a background thread (so synchronous clients such as ``fastapps.JWTVerifier``
-work too), counts requests per path, and can rotate keys, fail (HTTP 503), hang,
-answer slowly, send ``Cache-Control`` and oversized bodies.
+work too), counts requests per path, records request headers, and can rotate keys, fail
+(HTTP 503), hang, answer slowly, drip a body byte by byte, send ``Cache-Control``, any other
+header and oversized bodies.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ class JWKSServer:
         self.delay = 0.0  # seconds before each answer
         self.status_override: int | None = None  # e.g. 503: every path fails
         self.hang = False  # accept, then never answer (until stop)
+        self.drip: float | None = None  # send the headers, then one body byte per this many seconds
+        self.request_headers: list[dict[str, str]] = []  # of every request, in order
         self._release = threading.Event()
         self._lock = threading.Lock()
         server = self
@@ -35,6 +38,7 @@ class JWKSServer:
                 path = self.path.split("?", 1)[0]
                 with server._lock:
                     server.hits[path] += 1
+                    server.request_headers.append({k.lower(): v for k, v in self.headers.items()})
                 if server.hang:
                     server._release.wait(30)
                     return
@@ -49,7 +53,14 @@ class JWKSServer:
                 for k, v in headers.items():
                     self.send_header(k, v)
                 self.end_headers()
-                self.wfile.write(body)
+                if server.drip is None:
+                    self.wfile.write(body)
+                    return
+                for i in range(len(body)):
+                    if server._release.wait(server.drip):
+                        return
+                    self.wfile.write(body[i : i + 1])
+                    self.wfile.flush()
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
