@@ -463,7 +463,19 @@ async def test_a_value_that_would_fail_a_batch_fails_alone(build: Any) -> None:
     chain, stage = build()
     subjects = ["u0", "a\x00b", "u1", "\ud800", "u2", "u3"]
     decisions = await asyncio.gather(*(chain.evaluate(f"user:{s}") for s in subjects))
-    assert [d.status for d in decisions] == [200, 503, 401, 503, 401, 200]
+    # The stage itself answers a value no text column holds: an unknown user, never a store failure.
+    assert [d.status for d in decisions] == [200, 401, 401, 401, 401, 200]
+    # Asked directly, the store sends such a value alone: it fails, and no batch with it.
+    assert isinstance(stage.store, PostgresUserStore)
+    got = await answers(stage.store, subjects, together=True)
+    assert [g if isinstance(g, str) else verdict(g) for g in got] == [
+        None,
+        "StoreUnavailable",
+        "user_inactive",
+        "StoreUnavailable",
+        "user_banned",
+        None,
+    ]
     assert stage.stats()["batches"] >= 1
 
 

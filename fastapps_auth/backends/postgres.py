@@ -129,8 +129,13 @@ class ConnectionPool:
             try:
                 con = await fut
             except BaseException:
-                if fut.done() and not fut.cancelled() and fut.exception() is None and fut.result() is not None:
-                    self.release(fut.result())  # handed over just as this waiter gave up: pass it on
+                if fut.done() and not fut.cancelled() and fut.exception() is None:
+                    # Handed a connection, or a free slot (None), just as this waiter gave up: pass it on.
+                    handed = fut.result()
+                    if handed is not None:
+                        self.release(handed)
+                    else:
+                        self._hand_slot()
                 raise
             if con is not None:
                 return con
@@ -482,8 +487,11 @@ class PostgresListener:
         try:
             if key == "*":
                 self._on_reset()
-            elif key:
-                self._on_key(key)
+                return
+            if payload:
+                self._on_key(payload)  # the id as sent: one with surrounding spaces is a user too
+            if key and key != payload:
+                self._on_key(key)  # and as trimmed, for a trigger or script that padded it
         except Exception:
             logger.exception("handling a notification on %r failed", self.channel)
 

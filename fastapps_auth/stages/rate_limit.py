@@ -29,6 +29,8 @@ from fastapps_auth.stage import Stage, StageOptions, Verification
 
 #: Keys longer than this are stored as their SHA-256 (bounds memory per key whatever the claim holds).
 MAX_KEY_CHARS = 128
+#: First characters a key is never stored with: "#" marks a digest, "}" would end the Redis hash tag at once.
+_NOT_FIRST = frozenset("#}")
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|min|m|h|d)?\s*$")
@@ -44,7 +46,7 @@ def parse_duration(value: Any) -> Any:
     return value
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0, allow_inf_nan=False)]
 
 
 class RuleOptions(BaseModel):
@@ -178,6 +180,15 @@ def _compile(
         raise ConfigError(str(exc), stage=stage, key=f"{key}burst") from None
 
 
+def stored_key(key: str) -> str:
+    """``#`` and the SHA-256 of ``key``: the stored form of a key too long, empty, or starting with ``#`` or ``}``.
+
+    No key is stored as itself with a leading ``#``, so no short key can spell another key's digest; and
+    every stored key is a non-empty Redis hash tag, so all rules of a key share one Cluster slot.
+    """
+    return "#" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 class RateLimitStage(Stage[RateLimitOptions]):
     """Charges one request to the token's key; 429 ``rate_limited`` with an exact ``retry_after`` when over.
 
@@ -275,8 +286,8 @@ class RateLimitStage(Stage[RateLimitOptions]):
         rules = tier.rules
         if rules is None:
             return
-        if len(key) > MAX_KEY_CHARS:
-            key = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+        if len(key) > MAX_KEY_CHARS or not key or key[0] in _NOT_FIRST:
+            key = stored_key(key)
         if tier.prefix:
             key = tier.prefix + key
         out = await self._backend.hit(key, rules)

@@ -96,6 +96,22 @@ class UserStatusOptions(StageOptions):
         return self
 
 
+def storable(key: str) -> bool:
+    """False for a value no text column holds: PostgreSQL refuses NUL, and a lone surrogate is not UTF-8.
+
+    Such a value is an unknown user, not a store failure (which ``on_error = "allow"`` would let through).
+    """
+    if "\x00" in key:
+        return False
+    if key.isascii():
+        return True
+    try:
+        key.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _truthy(value: Any) -> bool:
     if value is True or value is False:  # what a boolean column returns: the common case first
         return value
@@ -108,15 +124,21 @@ def verdict(row: Mapping[str, Any] | None) -> str | None:
     """The rejection reason for a user's row, or ``None`` to let it pass.
 
     No row: ``user_unknown``. ``banned`` true: ``user_banned``. ``active`` false or NULL:
-    ``user_inactive``. A column the query does not return counts as active / not banned.
+    ``user_inactive``. Column names match in any case; a column the query does not return counts
+    as active / not banned.
     """
     if row is None:
         return "user_unknown"
-    if "banned" in row and _truthy(row["banned"]):
-        return "user_banned"
-    if "active" in row and not _truthy(row["active"]):
-        return "user_inactive"
-    return None
+    reason = None
+    for name, value in row.items():
+        # Case-insensitive, as SQL names are: SQLite names a result column as its table declares it
+        # ("Banned"), whatever case the query wrote.
+        column = name.lower()
+        if column == "banned" and _truthy(value):
+            return "user_banned"
+        if column == "active" and not _truthy(value):
+            reason = "user_inactive"
+    return reason
 
 
 class UserStatusStage(Stage[UserStatusOptions]):
@@ -180,7 +202,7 @@ class UserStatusStage(Stage[UserStatusOptions]):
 
     async def __call__(self, v: Verification) -> None:
         key = self._key(v)
-        if key is None or not key or len(key) > MAX_KEY_CHARS:
+        if key is None or not key or len(key) > MAX_KEY_CHARS or not storable(key):
             v.cache_hit = False
             raise Rejected("user_unknown", DESCRIPTION)
         if self._cache_off and getattr(self._store, "coalesces", False):
