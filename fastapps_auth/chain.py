@@ -102,6 +102,18 @@ async def run_stage(stage: Stage[Any], v: Verification) -> None:
     await run_stages((stage,), v)
 
 
+async def _close(component: Component[Any]) -> None:
+    await component.aclose()  # inside a coroutine: an ``aclose`` that is not one fails alone
+
+
+async def _close_all(components: Sequence[Component[Any]]) -> None:
+    """Close every component concurrently; a failure is logged and the rest still close."""
+    results = await asyncio.gather(*(_close(c) for c in components), return_exceptions=True)
+    for component, result in zip(components, results, strict=True):
+        if isinstance(result, BaseException):
+            logger.warning("closing %r failed (%s)", component.name, type(result).__name__)
+
+
 def _refuse_nested_observers(stage: Stage[Any]) -> None:
     """Observers run once per decision, in the outermost chain: a nested chain's would never run."""
     if isinstance(stage, VerifierChain) and stage.observers:
@@ -228,10 +240,7 @@ class VerifierChain(Stage[ChainOptions]):
         if self._closed:
             return
         self._closed = True
-        results = await asyncio.gather(*(c.aclose() for c in self._components()), return_exceptions=True)
-        for component, result in zip(self._components(), results, strict=True):
-            if isinstance(result, BaseException):
-                logger.warning("closing %r failed (%s)", component.name, type(result).__name__)
+        await _close_all(self._components())
 
     async def __aenter__(self) -> VerifierChain:
         return self
@@ -307,4 +316,4 @@ class AnyOf(Stage[ChainOptions]):
         await asyncio.gather(*(a.start() for a in self.alternatives))
 
     async def aclose(self) -> None:
-        await asyncio.gather(*(a.aclose() for a in self.alternatives), return_exceptions=True)
+        await _close_all(self.alternatives)

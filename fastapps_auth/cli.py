@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import math
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -40,9 +42,27 @@ def _out() -> Console:
     return Console(soft_wrap=False, highlight=False)
 
 
+#: What must not reach a terminal raw: C0/C1 controls (escape sequences, newlines), line and
+#: paragraph separators, bidirectional overrides.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def shown(text: object) -> str:
+    """``text`` for a terminal: rich markup escaped, control characters written as ``\\x1b``-style escapes.
+
+    A subject, a scope or an error message may hold anything: an escape sequence would drive
+    the terminal, a newline would forge a line of output.
+    """
+    return escape(_CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(text)))
+
+
+def _error(message: str) -> None:
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"fastapps-auth: error: {shown(message)}")
+
+
 def _fail(message: str) -> NoReturn:
     """One line on standard error, exit 2: the shape of every error of this command."""
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"fastapps-auth: error: {escape(message)}")
+    _error(message)
     raise typer.Exit(EXIT_USAGE)
 
 
@@ -171,6 +191,9 @@ def _read_tokens(tokens: list[str] | None) -> list[str]:
         return tokens
     if sys.stdin is None or sys.stdin.isatty():
         _fail("no token given: pass tokens as arguments or one per line on standard input")
+    reconfigure = getattr(sys.stdin, "reconfigure", None)
+    if reconfigure is not None:  # a line that is not text is a token to reject, not a traceback
+        reconfigure(errors="surrogateescape")
     found = [line.strip() for line in sys.stdin]
     found = [t for t in found if t]
     if not found:
@@ -182,20 +205,20 @@ def _decision_report(console: Console, index: int, decision: Any) -> None:
     fp = decision.fingerprint or "-"
     if decision.allowed:
         at = decision.access_token
-        head = f"[bold green]ALLOWED[/] token #{index} ({fp}) subject={escape(str(at.subject))}"
+        head = f"[bold green]ALLOWED[/] token #{index} ({fp}) subject={shown(at.subject)}"
         if at.scopes:
-            head += f" scopes={escape(' '.join(at.scopes))}"
+            head += f" scopes={shown(' '.join(at.scopes))}"
         if at.expires_at is not None:
             head += f" expires_at={at.expires_at}"
         if decision.failed_open:
-            head += f" [yellow](failed open: {escape(', '.join(decision.failed_open))})[/]"
+            head += f" [yellow](failed open: {shown(', '.join(decision.failed_open))})[/]"
     else:
         head = (
-            f"[bold red]REJECTED[/] token #{index} ({fp}) by {escape(str(decision.stage))}: "
-            f"{escape(str(decision.reason))} ({decision.status} {escape(str(decision.error))})"
+            f"[bold red]REJECTED[/] token #{index} ({fp}) by {shown(decision.stage)}: "
+            f"{shown(decision.reason)} ({decision.status} {shown(decision.error)})"
         )
         if decision.description:
-            head += f" - {escape(decision.description)}"
+            head += f" - {shown(decision.description)}"
         if decision.retry_after is not None:
             head += f" retry after {decision.retry_after:g}s"
     console.print(head)
@@ -204,12 +227,12 @@ def _decision_report(console: Console, index: int, decision: Any) -> None:
         table.add_column(column, overflow="fold")
     for t in decision.trace:
         table.add_row(
-            escape(t.stage),
+            shown(t.stage),
             t.outcome,
             f"{t.duration * 1000:.3f}",
             "-" if t.cache_hit is None else ("hit" if t.cache_hit else "miss"),
-            escape(t.reason or ""),
-            escape(t.error or ""),
+            shown(t.reason or ""),
+            shown(t.error or ""),
         )
     console.print(table)
     console.print()
@@ -229,6 +252,8 @@ def verify_command(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON decision per line instead of tables.")] = False,
 ) -> None:
     """Verify tokens with CONFIG and show each decision with its trace. Exit 0 all allowed, 1 any rejected."""
+    if now is not None and not math.isfinite(now):  # NaN makes every expiry check false
+        _fail(f"--now must be a finite epoch in seconds, not {now}")
     raw = _read_tokens(tokens)
     chain = _build(config, now)
 
@@ -293,11 +318,18 @@ def _escape_what_cannot_be_written() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns the exit code (``sys.exit(main())``)."""
     _escape_what_cannot_be_written()
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        app(args=argv, prog_name="fastapps-auth", standalone_mode=True)
+        code = app(args=args or ["--help"], prog_name="fastapps-auth", standalone_mode=False)
+    except typer.TyperException as exc:  # a usage error: one line, like every other error
+        ctx = getattr(exc, "ctx", None)
+        _error(f"{exc.format_message()} (see: {ctx.command_path if ctx else 'fastapps-auth'} --help)")
+        return exc.exit_code
     except SystemExit as exc:
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else EXIT_USAGE)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, typer.Abort):
         return 130
-    return EXIT_OK
+    if not args:  # the help, shown because nothing was asked
+        return EXIT_USAGE
+    return code if isinstance(code, int) else EXIT_OK

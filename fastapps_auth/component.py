@@ -21,7 +21,8 @@ OnError = Literal["deny", "allow"]
 class ComponentOptions(BaseModel):
     """Options every component accepts. Subclasses add their own; unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # ``inf`` (valid TOML) would mean an unbounded wait or cache, and cannot be written as JSON.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str | None = Field(default=None, description="Name in traces, logs and metrics (default: the plugin name).")
 
@@ -68,7 +69,8 @@ class Component(Generic[OptionsT]):
     clock: Clock
 
     def __init__(self, options: OptionsT | None = None, /, *, clock: Clock | None = None, **kwargs: Any) -> None:
-        label = kwargs.get("name") or self.plugin_name or type(self).__name__
+        name = kwargs.get("name")
+        label = name if isinstance(name, str) and name else self.plugin_name or type(self).__name__
         if options is not None:
             if kwargs:
                 raise ConfigError("pass either an options object or keyword options, not both", stage=label)

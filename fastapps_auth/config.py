@@ -22,7 +22,8 @@ from fastapps_auth.observer import Observer
 from fastapps_auth.registry import load
 from fastapps_auth.stage import Stage
 
-_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+#: ``$$``, ``${NAME}``, ``${NAME:-default}`` (a default holds no ``${``), or a stray ``${`` (an error).
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-((?:[^}$]|\$(?!\{))*))?\}|\$\{")
 _TOP_KEYS = {"stages", "chain"}
 _CHAIN_KEYS = {"name"}
 #: Plugins whose ``stages`` option holds nested stage tables.
@@ -37,6 +38,10 @@ def interpolate(value: Any, env: Mapping[str, str], *, key: str = "") -> Any:
             if m.group(0) == "$$":
                 return "$"
             name, default = m.group(1), m.group(2)
+            if name is None:
+                raise ConfigError(
+                    "a '${' that is not ${NAME} or ${NAME:-default} (write $${ for a literal '${')", key=key
+                )
             if name in env:
                 return env[name]
             if default is not None:
@@ -60,17 +65,25 @@ def read_config(source: str | os.PathLike[str] | Mapping[str, Any]) -> tuple[dic
     path = Path(source)
     label = str(path)
     try:
-        with path.open("rb") as f:
-            return tomllib.load(f), label
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError("file not found", source=label) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"not valid TOML: {exc}", source=label) from None
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", source=label) from None
+    except ValueError as exc:  # a NUL byte in the path
+        raise ConfigError(f"cannot read: {exc}", source=label) from None
+    try:
+        # TOML is UTF-8; a byte-order mark (Windows editors write one) is not part of the text.
+        return tomllib.loads(data.decode("utf-8-sig")), label
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not valid TOML: not UTF-8 (byte {exc.start})", source=label) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", source=label) from None
 
 
-def _stage_label(index: str, entry: Mapping[str, Any]) -> str:
+def _stage_label(index: str, entry: object) -> str:
+    if not isinstance(entry, Mapping):
+        return f"stages{index}"
     use = entry.get("use")
     name = entry.get("name")
     shown = name if isinstance(name, str) else use if isinstance(use, str) else "?"
@@ -83,7 +96,7 @@ def build_component(
     """One ``[[stages]]`` table, built by its plugin name. Errors name the stage and key."""
     label = _stage_label(index, entry)
     if not isinstance(entry, Mapping):
-        raise ConfigError("each stage must be a table", stage=f"stages{index}")
+        raise ConfigError(f"each stage must be a table (got {type(entry).__name__})", stage=label)
     use = entry.get("use")
     if not isinstance(use, str) or not use:
         raise ConfigError("missing 'use' (the plugin name, e.g. use = \"jwt\")", stage=label, key="use")
@@ -153,7 +166,7 @@ def chain_from_config(
                 raise ConfigError("plugin is neither a stage nor an observer", stage=_stage_label(f"[{i}]", entry))
         if not stages:
             raise ConfigError("needs at least one stage that verifies tokens", key="stages")
-        name = interpolate(chain_opts.get("name"), environ) if chain_opts.get("name") else None
+        name = interpolate(chain_opts.get("name"), environ, key="chain.name") if chain_opts.get("name") else None
         return VerifierChain(*stages, observers=observers, clock=clock, name=name)
     except ConfigError as exc:
         raise type(exc)(exc.detail, source=label, stage=exc.location.stage, key=exc.location.key) from None

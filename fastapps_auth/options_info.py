@@ -96,7 +96,10 @@ class OptionInfo:
         value = self.default
         if value is REQUIRED or value is COMPUTED or value is None:
             return None
-        return json.dumps(value, default=str)
+        try:
+            return json.dumps(value, default=str)
+        except (TypeError, ValueError):  # keys JSON cannot write, a value that contains itself
+            return repr(value)
 
 
 def options_of(model: type[BaseModel]) -> list[OptionInfo]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
-from fastapps_auth.component import Component
+from fastapps_auth.component import Component, ComponentOptions
 from fastapps_auth.errors import PluginError
 
 GROUP = "fastapps_auth.stages"
@@ -64,10 +64,21 @@ def refresh() -> None:
         _loaded.clear()
 
 
+def _not_a_component(obj: object) -> str | None:
+    """Why ``obj`` cannot be built from config, or ``None`` if it is a usable component class."""
+    if not (isinstance(obj, type) and issubclass(obj, Component)):
+        return "is not a Stage or Observer class"
+    model = obj.options_model
+    if not (isinstance(model, type) and issubclass(model, ComponentOptions)):
+        return f"has an options_model that is not a ComponentOptions model: {model!r}"
+    return None
+
+
 def register(name: str, component: type[Component[Any]]) -> None:
     """Register a component class in-process (tests, notebooks). Entry points are the normal way."""
-    if not (isinstance(component, type) and issubclass(component, Component)):
-        raise TypeError(f"{name}: a plugin must be a Stage or Observer class")
+    problem = _not_a_component(component)
+    if problem is not None:
+        raise TypeError(f"{name}: {component!r} {problem}")
     _registered[name] = component
 
 
@@ -84,12 +95,13 @@ def _info(name: str, eps: list[EntryPoint]) -> PluginInfo:
         return PluginInfo(name, ep.value, dist, version, error=f"registered more than once: {others}")
     try:
         obj = ep.load()
-    except Exception as exc:  # any import failure of a third-party plugin
+    except (Exception, SystemExit) as exc:  # any import failure of a third-party plugin, sys.exit() included
         return PluginInfo(
             name, ep.value, dist, version, error=f"failed to load {ep.value}: {type(exc).__name__}: {exc}"
         )
-    if not (isinstance(obj, type) and issubclass(obj, Component)):
-        return PluginInfo(name, ep.value, dist, version, error=f"{ep.value} is not a Stage or Observer class")
+    problem = _not_a_component(obj)
+    if problem is not None:
+        return PluginInfo(name, ep.value, dist, version, error=f"{ep.value} {problem}")
     return PluginInfo(name, ep.value, dist, version, component=obj)
 
 

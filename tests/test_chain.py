@@ -265,3 +265,26 @@ def test_a_nested_chain_with_observers_is_refused() -> None:
         VerifierChain(inner)
     with pytest.raises(TypeError, match="outermost chain"):
         AnyOf(inner)
+
+
+class SyncClose(Counts):
+    """A plugin that got ``aclose`` wrong: a plain method (returns ``None``, or raises before any await)."""
+
+    def __init__(self, *args: Any, raises: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.raises = raises
+
+    def aclose(self) -> None:  # type: ignore[override]
+        if self.raises:
+            raise RuntimeError("closed twice")
+
+
+@pytest.mark.parametrize("raises", [False, True])
+async def test_a_stage_with_a_broken_aclose_does_not_stop_the_others_closing(
+    raises: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    a, b = Counts(name="a"), Counts(name="b")
+    chain = VerifierChain(TokenIsSubject(), SyncClose(name="bad", raises=raises), a, AnyOf(SyncClose(name="alt"), b))
+    await chain.aclose()
+    assert (a.closed, b.closed) == (1, 1)
+    assert "closing 'bad' failed" in caplog.text and "closing 'alt' failed" in caplog.text

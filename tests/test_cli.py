@@ -166,19 +166,28 @@ def test_check_ok_and_errors(runner: CliRunner, config: Path, tmp_path: Path) ->
     assert "not valid TOML" in one_line_error(runner.invoke(app, ["check", str(broken_toml)]))
 
 
+@pytest.mark.parametrize(
+    ("message", "shown"),
+    [
+        ("plugin bug", "RuntimeError: plugin bug"),
+        # a message cannot forge a second error line or drive the terminal
+        ("first line\nfastapps-auth: error: \x1b[31mforged", "first line\\nfastapps-auth: error: \\x1b[31mforged"),
+    ],
+    ids=["plain", "newlines-and-escapes"],
+)
 def test_check_reports_a_constructor_crash_as_one_line(
-    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    runner: CliRunner, tmp_path: Path, message: str, shown: str
 ) -> None:
     class Crashing(ExpiringAuth):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
-            raise RuntimeError("plugin bug")
+            raise RuntimeError(message)
 
     registry.register("cli-crashing", Crashing)
     try:
         path = tmp_path / "crash.toml"
         path.write_text('[[stages]]\nuse = "cli-crashing"\n')
         line = one_line_error(runner.invoke(app, ["check", str(path)]))
-        assert "RuntimeError: plugin bug" in line
+        assert shown in line
     finally:
         registry.unregister("cli-crashing")
 
@@ -300,3 +309,52 @@ def test_what_the_terminal_cannot_write_is_escaped_not_a_traceback(
     sys.stderr.flush()
     assert shown in out.getvalue().decode(encoding)
     assert b"Traceback" not in err.getvalue()
+
+
+def test_stdin_that_is_not_utf8_is_decided_line_by_line_not_a_traceback(runner: CliRunner, config: Path) -> None:
+    data = f"{GOOD}\r\n\xff\xfebinary\x00junk\r\n   \r\n{OTHER}\n".encode("latin-1")
+    result = runner.invoke(app, ["verify", "--config", str(config), "--json"], input=data)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code == 1, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(r["allowed"], r["subject"]) for r in records] == [(True, "alice"), (False, None), (True, "bob")]
+
+
+@pytest.mark.parametrize("now", ["nan", "inf", "-inf", "1e400"])
+def test_verify_refuses_a_clock_that_is_not_a_time(runner: CliRunner, config: Path, now: str) -> None:
+    """``--now nan`` made every comparison false: an expired token would look valid."""
+    line = one_line_error(runner.invoke(app, ["verify", "--config", str(config), "--now", now, GOOD]))
+    assert "--now" in line
+
+
+def test_control_characters_from_a_token_cannot_drive_the_terminal(runner: CliRunner, tmp_path: Path) -> None:
+    """A subject is whatever the issuer signed: an escape sequence or a newline must not reach the terminal raw."""
+    path = tmp_path / "auth.toml"
+    path.write_text(
+        f'[[stages]]\nuse = "cli-test-auth"\nsubjects = {{ "{GOOD}" = "eve\\u001b[2J\\nALLOWED #9\\u202e" }}\n'
+    )
+    result = runner.invoke(app, ["verify", "--config", str(path), GOOD])
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.stdout and "\u202e" not in result.stdout
+    assert "subject=eve\\x1b[2J\\nALLOWED" in result.stdout
+    assert sum(line.startswith("ALLOWED") for line in result.stdout.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["verify", GOOD], "--config"),
+        (["verify", "--config", "CONFIG", "--now", "soon", GOOD], "--now"),
+        (["no-such-command"], "no-such-command"),
+        (["check"], "Missing argument 'config'"),
+    ],
+)
+def test_usage_errors_are_one_line_too(
+    config: Path, capsys: pytest.CaptureFixture[str], argv: list[str], fragment: str
+) -> None:
+    argv = [str(config) if a == "CONFIG" else a for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("fastapps-auth: error: ") and fragment in lines[0]
