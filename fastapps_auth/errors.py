@@ -4,6 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+#: The longest wait a rejection announces, RFC 9111's bound on delta-seconds: a longer or infinite one is this.
+MAX_RETRY_AFTER = float(2**31)
+
+
+def retry_seconds(value: float | None) -> float | None:
+    """``value`` as a wait a client can be told: within [0, ``MAX_RETRY_AFTER``]; NaN is no hint at all."""
+    if value is None or value != value:
+        return None
+    return min(max(value, 0.0), MAX_RETRY_AFTER)
+
 
 class Rejected(Exception):
     """A stage's verdict that the token must not pass.
@@ -12,7 +22,8 @@ class Rejected(Exception):
     ``rate_limited``, ...), ``error`` the RFC 6750 error code sent to the client,
     ``status`` the HTTP status, ``description`` a client-safe sentence (never a
     secret, never the token). ``scope`` names the scopes an ``insufficient_scope``
-    rejection needs; ``retry_after`` is in seconds.
+    rejection needs; ``retry_after`` is in seconds (bounded by ``retry_seconds``: a stage's
+    infinite or NaN wait never reaches a header or a JSON document).
     """
 
     __slots__ = ("description", "error", "reason", "retry_after", "scope", "stage", "status", "transient")
@@ -33,7 +44,7 @@ class Rejected(Exception):
         self.error = error
         self.status = status
         self.description = description if description is not None else reason.replace("_", " ")
-        self.retry_after = retry_after
+        self.retry_after = retry_seconds(retry_after)
         self.scope = scope
         self.transient = transient
         #: Name of the stage that raised it; the chain fills this in.

@@ -1,7 +1,8 @@
-"""Which value of a verification a stage keys on: ``subject``, ``client_id``, ``claim:<name>`` or ``ip``."""
+"""Which value of a verification a stage keys on: ``subject``, ``client_id``, ``claim:<name>``, ``ip`` (IPv6 by /64)."""
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from fastapps_auth.errors import ConfigError
@@ -35,7 +36,8 @@ class KeySelector:
     def __call__(self, v: Verification) -> str | None:
         kind = self.kind
         if kind == "ip":
-            return v.request.client_ip if v.request is not None else None
+            ip = v.request.client_ip if v.request is not None else None
+            return ip_key(ip) if ip is not None and ":" in ip else ip
         at = v.access_token
         if at is None:
             return None
@@ -47,3 +49,19 @@ class KeySelector:
         if isinstance(value, str | int) and not isinstance(value, bool):
             return str(value)
         return None
+
+
+def ip_key(ip: str) -> str:
+    """The key of an IPv6 client: its /64, the smallest network a host is given (RFC 6177).
+
+    One subscriber holds a whole /64 and can pick any of its 2**64 addresses: keyed by address,
+    it would never reach a limit. An IPv4-mapped address (``::ffff:192.0.2.1``) is its IPv4 address.
+    """
+    try:
+        addr = ipaddress.IPv6Address(ip)
+    except ValueError:
+        return ip
+    mapped = addr.ipv4_mapped
+    if mapped is not None:
+        return str(mapped)
+    return f"{ipaddress.IPv6Address(int(addr) >> 64 << 64)}/64"

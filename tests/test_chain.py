@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from hypothesis import given, settings
@@ -17,6 +18,10 @@ from fastapps_auth import (
     Observer,
     Rejected,
     RequestInfo,
+    Stage,
+    StageOptions,
+    TransientError,
+    Verification,
     VerifierChain,
     request_context,
 )
@@ -288,3 +293,24 @@ async def test_a_stage_with_a_broken_aclose_does_not_stop_the_others_closing(
     await chain.aclose()
     assert (a.closed, b.closed) == (1, 1)
     assert "closing 'bad' failed" in caplog.text and "closing 'alt' failed" in caplog.text
+
+
+class WaitsForever(Stage[StageOptions]):
+    """A store that is down and says to come back in an infinite (or undefined) time."""
+
+    plugin_name: ClassVar[str] = "waits-forever"
+
+    def __init__(self, wait: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.wait = wait
+
+    async def __call__(self, v: Verification) -> None:
+        raise TransientError("down", retry_after=self.wait)
+
+
+@pytest.mark.parametrize(("wait", "told"), [(float("inf"), 2.0**31), (float("nan"), None), (-5.0, 0.0), (7.5, 7.5)])
+async def test_a_wait_a_client_cannot_be_told_is_bounded(wait: float, told: float | None) -> None:
+    d = await VerifierChain(TokenIsSubject(), WaitsForever(wait)).evaluate("user:alice")
+    assert (d.status, d.retry_after) == (503, told)
+    json.dumps(d.as_dict(), allow_nan=False)  # no Infinity or NaN: valid JSON for the CLI's --json and any log
+    assert Rejected("rate_limited", retry_after=wait).retry_after == told

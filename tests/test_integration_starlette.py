@@ -204,7 +204,9 @@ async def test_exempt_and_unprotected_paths_and_preflight_pass(auth: TableAuth) 
     async with client(make_app(VerifierChain(auth), paths=["/mcp"])) as c:
         assert (await c.get("/.well-known/oauth-protected-resource/mcp")).status_code == 200
         assert (await c.get("/public")).status_code == 200
-        assert (await c.options("/mcp")).status_code != 401
+        preflight = {"Origin": "https://chatgpt.com", "Access-Control-Request-Method": "POST"}
+        assert (await c.options("/mcp", headers=preflight)).status_code != 401
+        assert (await c.options("/mcp")).status_code == 401  # not a preflight: a request like any other
         assert (await c.get("/mcp")).status_code == 401
     assert auth.calls == 0
 

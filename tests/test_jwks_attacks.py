@@ -15,7 +15,7 @@ import pytest
 
 from fastapps_auth import ConfigError, ManualClock, VerifierChain
 from fastapps_auth.backends import jwks as jwks_module
-from fastapps_auth.backends.jwks import MAX_KEYS, RemoteKeySource, parse_jwks
+from fastapps_auth.backends.jwks import MAX_KEYS, FetchError, RemoteKeySource, parse_jwks
 from fastapps_auth.stages.jwt import JWTVerifier
 from tests.support.jwks_server import JWKSServer
 from tests.support.jwt_mint import b64, claims, signing_key
@@ -344,3 +344,41 @@ async def test_the_event_loop_keeps_running_during_a_slow_fetch(clock: ManualClo
     beat.cancel()
     assert ticks >= 5
     await st.aclose()
+
+
+# -- where discovery may send us ------------------------------------------------------------------------------------
+
+
+class _Metadata(RemoteKeySource):
+    """A key source whose discovery documents are given, not fetched: an https issuer cannot run here."""
+
+    def __init__(self, issuer: str, jwks_uri: str, clock: ManualClock) -> None:
+        super().__init__(allowed=["RS256"], clock=clock, issuer=issuer)
+        self.meta = {"issuer": issuer, "jwks_uri": jwks_uri}
+
+    async def _get_json(self, url: str) -> tuple[Any, str | None]:
+        return self.meta, None
+
+
+@pytest.mark.parametrize(
+    ("issuer", "jwks_uri", "followed"),
+    [
+        ("https://issuer.example", "https://keys.example/jwks.json", True),
+        # a remote issuer's metadata must not send us to a plain-http service on this host
+        ("https://issuer.example", "http://127.0.0.1:6379/jwks.json", False),
+        ("https://issuer.example", "http://localhost/jwks.json", False),
+        ("https://issuer.example", "http://[::1]/jwks.json", False),
+        # an issuer on loopback (a dev issuer) may keep its keys there
+        ("http://127.0.0.1:8765", "http://127.0.0.1:8765/jwks.json", True),
+    ],
+)
+async def test_discovery_sends_us_to_loopback_http_only_for_a_loopback_issuer(
+    clock: ManualClock, issuer: str, jwks_uri: str, followed: bool
+) -> None:
+    src = _Metadata(issuer, jwks_uri, clock)
+    if followed:
+        assert await src._discover() == jwks_uri
+    else:
+        with pytest.raises(FetchError, match="issuer is not on loopback"):
+            await src._discover()
+    await src.aclose()

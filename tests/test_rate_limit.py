@@ -158,6 +158,24 @@ async def test_key_ip_reads_the_request_context(clock: ManualClock) -> None:
     await stage(verification(clock, token("alice"), RequestInfo(client_ip="10.0.0.2")))
 
 
+@pytest.mark.parametrize(
+    ("first", "same", "other"),
+    [
+        # one subscriber holds a whole /64: any address in it is the same client
+        ("2001:db8:1:2::1", "2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:3::1"),
+        # a dual-stack listener's view of an IPv4 client is that IPv4 client, not one bucket for all of IPv4
+        ("192.0.2.1", "::ffff:192.0.2.1", "::ffff:192.0.2.2"),
+    ],
+    ids=["ipv6-by-64", "ipv4-mapped"],
+)
+async def test_key_ip_groups_an_ipv6_subscriber(clock: ManualClock, first: str, same: str, other: str) -> None:
+    stage = RateLimitStage(limit=1, window=60, key="ip", clock=clock)
+    await stage(verification(clock, token("alice"), RequestInfo(client_ip=first)))
+    with pytest.raises(Rejected):
+        await stage(verification(clock, token("alice"), RequestInfo(client_ip=same)))
+    await stage(verification(clock, token("alice"), RequestInfo(client_ip=other)))
+
+
 async def test_key_ip_without_middleware_fails_open_by_default_and_says_why(
     clock: ManualClock, caplog: pytest.LogCaptureFixture
 ) -> None:

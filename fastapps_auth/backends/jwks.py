@@ -115,13 +115,23 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
-def check_url(url: str, *, allow_insecure_http: bool) -> str:
-    """``url`` if it is https (or http on loopback, or http explicitly allowed); else ``ValueError``."""
+def check_url(url: str, *, allow_insecure_http: bool, loopback_http: bool = True) -> str:
+    """``url`` if it is https (or http on loopback, or http explicitly allowed); else ``ValueError``.
+
+    ``loopback_http=False`` takes the loopback exception away: a remote issuer's metadata has no
+    business sending us to a plain-http service on this host.
+    """
     parts = urlsplit(url)
     if parts.scheme == "https" and parts.hostname:
         return url
-    if parts.scheme == "http" and parts.hostname and (allow_insecure_http or is_loopback(parts.hostname)):
+    if (
+        parts.scheme == "http"
+        and parts.hostname
+        and (allow_insecure_http or (loopback_http and is_loopback(parts.hostname)))
+    ):
         return url
+    if not loopback_http:
+        raise ValueError(f"must be an https URL (the issuer is not on loopback): {url!r}")
     raise ValueError(f"must be an https URL (http only on loopback or with allow_insecure_http): {url!r}")
 
 
@@ -332,7 +342,11 @@ class RemoteKeySource(KeySource):
             if not isinstance(uri, str):
                 raise FetchError(f"{url}: metadata has no jwks_uri")
             try:
-                self.jwks_uri = check_url(uri, allow_insecure_http=self.allow_insecure_http)
+                self.jwks_uri = check_url(
+                    uri,
+                    allow_insecure_http=self.allow_insecure_http,
+                    loopback_http=is_loopback(urlsplit(self.issuer).hostname),
+                )
             except ValueError as exc:
                 raise FetchError(f"{url}: jwks_uri {exc}") from None
             return self.jwks_uri

@@ -25,6 +25,7 @@ from starlette.requests import ClientDisconnect
 
 from fastapps_auth.chain import VerifierChain
 from fastapps_auth.decision import Decision, RateLimitInfo
+from fastapps_auth.errors import retry_seconds
 from fastapps_auth.request import RequestInfo, current_request
 from fastapps_auth.stages.scopes import ScopesStage
 
@@ -39,8 +40,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 STATE_KEY = "fastapps_auth.decision"
 #: JSON-RPC bodies read to find the MCP method and tool are at most this large by default.
 DEFAULT_MAX_BODY = 1024 * 1024
-#: The largest delta-seconds a header carries (RFC 9111 §1.2.2): a longer or infinite wait is this.
-MAX_SECONDS = 2**31
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -200,9 +199,8 @@ def _quote(value: str) -> str:
 
 
 def _seconds(value: float) -> str:
-    if math.isnan(value):
-        value = 1.0
-    return str(max(0, math.ceil(min(value, MAX_SECONDS))))
+    bounded = retry_seconds(value)  # a reset is a wait too; NaN says nothing, and 1 s is the least that does
+    return str(math.ceil(bounded if bounded is not None else 1.0))
 
 
 def rate_limit_headers(info: RateLimitInfo) -> list[tuple[bytes, bytes]]:
@@ -371,7 +369,7 @@ class ChainAuthMiddleware:
         return any(path == p.rstrip("/") or path.startswith(p) for path in paths for p in self.paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or scope.get("method") == "OPTIONS" or not self._protects(scope):
+        if scope["type"] not in ("http", "websocket") or _is_preflight(scope) or not self._protects(scope):
             await self.app(scope, receive, send)
             return
         token = bearer_token(scope)
@@ -459,6 +457,16 @@ def _within(path: str, prefix: str) -> bool:
     """``path`` is ``prefix`` or below it, at a segment boundary: ``/public`` covers ``/public/x``, not ``/publicx``."""
     base = prefix.rstrip("/")
     return path == base or path.startswith(base + "/")
+
+
+def _is_preflight(scope: Scope) -> bool:
+    """A CORS preflight (browsers send it without credentials): ``OPTIONS`` naming the method to come.
+
+    Any other ``OPTIONS`` is a request like the others: an app may answer it with data.
+    """
+    if scope.get("method") != "OPTIONS":
+        return False
+    return any(name == b"access-control-request-method" for name, _ in scope.get("headers", ()))
 
 
 def _is_json(scope: Scope) -> bool:
