@@ -64,6 +64,19 @@ def _log_failure(stage: Stage[Any], exc: BaseException, v: Verification, *, allo
     )
 
 
+def _cancelling() -> bool:
+    """True unless the running task is known not to be cancelled.
+
+    A ``CancelledError`` raised into a task nobody cancelled (a shared future a backend awaited
+    was cancelled under it) is the stage failing, not the request being cancelled.
+    """
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:
+        return True
+    return task is None or task.cancelling() > 0
+
+
 async def run_stages(stages: tuple[Stage[Any], ...], v: Verification) -> None:
     """Run ``stages`` in order, each with its trace entry and its ``on_error`` policy.
 
@@ -75,6 +88,7 @@ async def run_stages(stages: tuple[Stage[Any], ...], v: Verification) -> None:
             await stage(v)
             continue
         v.cache_hit = None
+        before = v.access_token
         t0 = perf_counter()
         try:
             await stage(v)
@@ -84,7 +98,10 @@ async def run_stages(stages: tuple[Stage[Any], ...], v: Verification) -> None:
             outcome: Outcome = "error-denied" if r.transient else "rejected"
             trace.append(StageTrace(stage.name, outcome, perf_counter() - t0, v.cache_hit, r.reason))
             raise
-        except Exception as exc:  # a transient failure, never a crash
+        except (Exception, asyncio.CancelledError) as exc:  # a transient failure, never a crash
+            if isinstance(exc, asyncio.CancelledError) and _cancelling():
+                raise
+            v.access_token = before  # whatever the stage did half-way is undone
             allowed = stage.on_error == "allow" and not stage.authenticates
             _log_failure(stage, exc, v, allowed=allowed)
             outcome = "error-allowed" if allowed else "error-denied"

@@ -11,6 +11,9 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
+#: Characters of an MCP method or tool name the HTTP layer keeps from a JSON-RPC body (longer ones are cut).
+MAX_RPC_NAME_CHARS = 200
+
 
 @dataclass(frozen=True, slots=True)
 class RequestInfo:

@@ -2,7 +2,8 @@
 
 A stage receives the ``Verification`` so far and either returns (passing it on,
 perhaps enriched) or raises ``Rejected``. Any other exception is a transient
-failure; the chain applies the stage's ``on_error`` policy to it.
+failure; the chain undoes the stage's change to the ``AccessToken`` and applies its
+``on_error`` policy. Cancellation and interrupts are never caught.
 """
 
 from __future__ import annotations

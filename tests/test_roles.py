@@ -2,35 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fastapps_auth import AccessToken, ConfigError, ManualClock, Rejected, Stage, Verification, VerifierChain
-from fastapps_auth.component import ComponentOptions
-from fastapps_auth.stage import StageOptions
+from fastapps_auth import AccessToken, ConfigError, ManualClock, Rejected, Verification, VerifierChain
 from fastapps_auth.stages.roles import MAX_ROLES, RolesStage
 from fastapps_auth.stages.scopes import ScopesStage
-
-
-class StaticAuthOptions(StageOptions):
-    scopes: list[str] = []
-    claims: dict[str, Any] = {}
-
-
-class StaticAuth(Stage[StaticAuthOptions]):
-    """Authenticates any token as ``alice`` with fixed scopes and claims (for stage-level tests)."""
-
-    plugin_name: ClassVar[str] = "static-auth"
-    options_model: ClassVar[type[ComponentOptions]] = StaticAuthOptions
-    authenticates: ClassVar[bool] = True
-
-    async def __call__(self, v: Verification) -> None:
-        o = self.options
-        v.access_token = AccessToken(token="fp", client_id="c", scopes=list(o.scopes), subject="alice", claims=o.claims)
-
+from tests.support.stages import StaticAuth
 
 HIERARCHY = {"admin": ["editor"], "editor": ["viewer"], "auditor": ["viewer"]}
 SCOPES = {"admin": ["users:manage"], "editor": ["docs:write"], "viewer": ["docs:read"], "auditor": ["logs:read"]}

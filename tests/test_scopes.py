@@ -12,7 +12,7 @@ from fastapps_auth import AccessToken, ConfigError, ManualClock, Rejected, Reque
 from fastapps_auth.chain import run_stage
 from fastapps_auth.config import chain_from_config
 from fastapps_auth.stages.scopes import ScopesStage
-from tests.test_roles import StaticAuth
+from tests.support.stages import StaticAuth
 
 
 def verification(scopes: list[str], tool: str | None = None) -> Verification:

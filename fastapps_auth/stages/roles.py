@@ -108,6 +108,10 @@ class RolesStage(Stage[RolesOptions]):
                     status=403,
                     error="insufficient_scope",
                 )
+            expose_as = self.options.expose_as
+            if expose_as and expose_as in claims:  # the token's own claim of that name grants nothing
+                rest = {k: value for k, value in claims.items() if k != expose_as}
+                v.access_token = at.model_copy(update={"claims": rest})
             return
         scopes = dict.fromkeys(at.scopes)
         for r in roles:

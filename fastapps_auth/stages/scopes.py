@@ -14,9 +14,13 @@ from pydantic import Field
 from fastapps_auth.clock import Clock
 from fastapps_auth.component import ComponentOptions
 from fastapps_auth.errors import ConfigError, Rejected, insufficient_scope
+from fastapps_auth.request import MAX_RPC_NAME_CHARS
 from fastapps_auth.stage import Stage, StageOptions, Verification
 
 Mode = Literal["all", "any"]
+
+#: Characters of a tool name the HTTP middleware reads from a ``tools/call`` (it cuts longer names).
+MAX_TOOL_NAME_CHARS = MAX_RPC_NAME_CHARS
 
 
 class ScopesOptions(StageOptions):
@@ -76,6 +80,14 @@ class ScopesStage(Stage[ScopesOptions]):
         for tool, scopes in o.tools.items():
             if not tool:
                 raise ConfigError("a tool name cannot be empty", stage=self.name, key="tools")
+            if len(tool) >= MAX_TOOL_NAME_CHARS:
+                # The middleware cuts a requested name at this length: the rule could never match
+                # its own tool, and would match longer names that share its prefix.
+                raise ConfigError(
+                    f"tool name {tool[:40]!r}… is too long (at most {MAX_TOOL_NAME_CHARS - 1} characters)",
+                    stage=self.name,
+                    key="tools",
+                )
             _check_scopes(scopes, stage=self.name, key=f"tools.{tool}")
         if not o.required and not o.tools and o.unknown_tools == "allow":
             raise ConfigError("nothing to check: set `required` and/or `tools`", stage=self.name, key="required")
@@ -91,19 +103,25 @@ class ScopesStage(Stage[ScopesOptions]):
         missing = self._base.missing(granted)
         if missing:
             raise insufficient_scope(missing)
-        tool = v.request.tool_name if v.request is not None else None
+        request = v.request
+        tool = request.tool_name if request is not None else None
         if tool is None:
+            # A tools/call whose name is not a string names no tool a rule could allow.
+            if self._deny_unknown and request is not None and request.mcp_method == "tools/call":
+                raise _not_allowed()
             return
         rule = self._tools.get(tool)
         if rule is None:
             if self._deny_unknown:
-                raise Rejected(
-                    "tool_not_allowed",
-                    "this tool is not available to any token",
-                    error="insufficient_scope",
-                    status=403,
-                )
+                raise _not_allowed()
             return
         missing = rule.missing(granted)
         if missing:
             raise insufficient_scope(missing, reason="insufficient_tool_scope")
+
+
+def _not_allowed() -> Rejected:
+    """403 for a tool that no rule names, under ``unknown_tools = "deny"``."""
+    return Rejected(
+        "tool_not_allowed", "this tool is not available to any token", error="insufficient_scope", status=403
+    )

@@ -81,6 +81,9 @@ class TenantStage(Stage[TenantOptions]):
         if tenant is None:
             if self.options.required:
                 raise Rejected("tenant_missing", "the token names no tenant")
+            if self._expose_as in claims:  # the token's own claim of that name was never checked
+                rest = {k: value for k, value in claims.items() if k != self._expose_as}
+                v.access_token = at.model_copy(update={"claims": rest})
             return
         if self._allowed is not None and tenant not in self._allowed:
             raise Rejected("tenant_not_allowed", "the token's tenant is not allowed on this server")

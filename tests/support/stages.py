@@ -85,6 +85,23 @@ class Counts(Stage[StageOptions]):
         self.closed += 1
 
 
+class StaticAuthOptions(StageOptions):
+    scopes: list[str] = []
+    claims: dict[str, Any] = {}
+
+
+class StaticAuth(Stage[StaticAuthOptions]):
+    """Authenticates any token as ``alice`` with fixed scopes and claims (for stage-level tests)."""
+
+    plugin_name: ClassVar[str] = "static-auth"
+    options_model: ClassVar[type[ComponentOptions]] = StaticAuthOptions
+    authenticates: ClassVar[bool] = True
+
+    async def __call__(self, v: Verification) -> None:
+        o = self.options
+        v.access_token = AccessToken(token="fp", client_id="c", scopes=list(o.scopes), subject="alice", claims=o.claims)
+
+
 @contextmanager
 def registered(*classes: type[Stage[Any]]) -> Iterator[None]:
     """``classes`` registered under their plugin names for the block, then removed."""
