@@ -82,6 +82,18 @@ class Decision(NamedTuple):
     def subject(self) -> str | None:
         return self.principal.subject if self.principal is not None else None
 
+    def __repr__(self) -> str:
+        """Every field, but the access tokens without their raw token (``fingerprint`` identifies it).
+
+        The MCP SDK's ``AccessToken`` shows its ``token``: a decision in a log line or a traceback
+        would otherwise print the bearer token.
+        """
+        fields = (
+            f"{n}={_token_repr(v) if isinstance(v, AccessToken) else repr(v)}"
+            for n, v in zip(self._fields, self, strict=True)
+        )
+        return f"Decision({', '.join(fields)})"
+
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready view (no raw token: only its fingerprint)."""
         at = self.principal
@@ -110,3 +122,10 @@ class Decision(NamedTuple):
             "duration_ms": round(self.duration * 1000, 3),
             "trace": [t.as_dict() for t in self.trace],
         }
+
+
+def _token_repr(at: AccessToken) -> str:
+    return (
+        f"AccessToken(subject={at.subject!r}, client_id={at.client_id!r}, scopes={at.scopes!r}, "
+        f"expires_at={at.expires_at!r}, resource={at.resource!r})"
+    )

@@ -261,3 +261,10 @@ def test_folder_backed_running_issuer_keeps_keys_across_restarts(tmp_path: Path)
         assert {k["kid"] for k in jwks["keys"]} == kids
         assert decode(token, jwks)[1]["sub"] == "gina"
     assert json.loads((tmp_path / "keys.json").read_text())["keys"][0]["jwk"]["d"]  # private part is kept
+
+
+def test_client_secrets_stay_out_of_reprs(running: RunningIssuer) -> None:
+    """A failing assertion on the fixture's client, or a log line of the issuer, does not print the secret."""
+    secret = running.client.secret
+    assert secret not in repr(running.client)
+    assert secret not in repr(running.issuer)

@@ -110,3 +110,33 @@ def test_serve_answers_and_picks_up_a_rotation_from_another_process(
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_numbers_out_of_range_are_usage_errors_not_tracebacks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = str(tmp_path)
+    assert main(["serve", "--dir", d, "--port", "99999"]) == 2
+    assert main(["mint", "--dir", d, "--lifetime", "inf"]) == 2
+    assert main(["mint", "--dir", d, "--now", "nan"]) == 2
+    assert main(["rotate", "--dir", d, "--grace", "inf"]) == 2
+    assert main(["rotate", "--dir", d, "--grace", "nan"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "port is 0 to 65535" in err and "finite" in err
+    assert not (tmp_path / "keys.json").exists() or "Infinity" not in (tmp_path / "keys.json").read_text()
+
+
+def test_serve_makes_an_existing_issuer_file_private(tmp_path: Path) -> None:
+    """issuer.json holds the client secrets: a copy left readable by others (a checkout, say) is made 0600."""
+    (tmp_path / "issuer.json").write_text("{}")
+    (tmp_path / "issuer.json").chmod(0o644)
+    code = f"from fastapps_auth.dev_issuer.cli import main; main(['serve', '--dir', {str(tmp_path)!r}, '--port', '0'])"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("dev issuer http://127.0.0.1:")
+        assert "secret" in (tmp_path / "issuer.json").read_text()
+        assert (tmp_path / "issuer.json").stat().st_mode & 0o777 == 0o600
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -11,11 +11,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from fastapps import BaseWidget, auth_required, no_auth, optional_auth
-from fastapps.builder.compiler import WidgetBuildResult
-from mcp import ClientSession
-from mcp.client.streamable_http import streamable_http_client
-from pydantic import BaseModel
+from fastapps import BaseWidget, auth_required, optional_auth
 
 from fastapps_auth import VerifierChain
 from fastapps_auth.integrations.fastapps import WidgetMCPServer
@@ -24,20 +20,14 @@ from fastapps_auth.stages.scopes import ScopesStage
 from fastapps_auth.stages.tenant import TenantStage
 from fastapps_auth.stages.user_status import UserStatusStage
 from tests.hosts.support import ISSUER, RESOURCE, AsyncServer, Issuer, jwt_stage, raw, rpc
+from tests.support.mcp_client import call
 from tests.support.tcp_proxy import TCPProxy
+from tests.support.widgets import NoInput, Protected, Public, build
 
 TABLE = "int6_widget_users"
 QUERY = f"SELECT active, banned FROM {TABLE} WHERE id = $1"
 META = "http://127.0.0.1/.well-known/oauth-protected-resource/mcp"
 RATE_LIMIT = 5
-
-
-class NoInput(BaseModel):
-    pass
-
-
-def build(widget: type[BaseWidget]) -> BaseWidget:
-    return widget(WidgetBuildResult(name=widget.identifier, hash="0", html="<div></div>"))
 
 
 @auth_required(scopes=["read"])
@@ -66,16 +56,6 @@ class AdminPanel(BaseWidget):  # type: ignore[misc]  # fastapps ships no type in
         return {"admin": user.subject}
 
 
-@no_auth
-class Public(BaseWidget):  # type: ignore[misc]  # fastapps ships no type information: BaseWidget is Any
-    identifier = "public"
-    title = "Public"
-    input_schema = NoInput
-
-    async def execute(self, input_data: Any, context: Any = None, user: Any = None) -> dict[str, Any]:
-        return {"authenticated": bool(user and user.is_authenticated)}
-
-
 @optional_auth(scopes=["read"])
 class Flexible(BaseWidget):  # type: ignore[misc]  # fastapps ships no type information: BaseWidget is Any
     identifier = "flexible"
@@ -84,16 +64,6 @@ class Flexible(BaseWidget):  # type: ignore[misc]  # fastapps ships no type info
 
     async def execute(self, input_data: Any, context: Any = None, user: Any = None) -> dict[str, Any]:
         return {"tier": "premium" if user.is_authenticated else "basic"}
-
-
-@auth_required
-class Protected(BaseWidget):  # type: ignore[misc]  # fastapps ships no type information: BaseWidget is Any
-    identifier = "protected"
-    title = "Protected"
-    input_schema = NoInput
-
-    async def execute(self, input_data: Any, context: Any = None, user: Any = None) -> dict[str, Any]:
-        return {"subject": user.subject}
 
 
 WIDGETS = [WhoAmI, AdminPanel, Public, Flexible, Protected]
@@ -137,17 +107,6 @@ def make_server(issuer: Issuer, dsn: str, *, limit: int = 100, **options: Any) -
         **options,
     )
     return server, chain
-
-
-async def call(url: str, token: str | None, tool: str) -> Any:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with (
-        httpx.AsyncClient(headers=headers, timeout=30) as http,
-        streamable_http_client(f"{url}/mcp", http_client=http) as (read, write, _),
-        ClientSession(read, write) as session,
-    ):
-        await session.initialize()
-        return await session.call_tool(tool, {})
 
 
 async def test_valid_token_reaches_the_widget_with_a_user_context(issuer: Issuer, users_dsn: str) -> None:

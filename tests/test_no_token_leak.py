@@ -165,6 +165,7 @@ async def test_no_token_or_prefix_in_any_output(
                 d = await chain.evaluate(token)
                 outcomes.add((d.allowed, d.reason))
                 dumped.append(json.dumps(d.as_dict()))
+                dumped.append(repr(d))  # a decision in a log line or a traceback's locals
             with request_context(request):
                 d = await chain.evaluate(token)
             outcomes.add((d.allowed, d.reason))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import sys
 import time
@@ -39,6 +40,7 @@ def _read_issuer_file(folder: Path) -> dict[str, Any]:
 def _write_private(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # the mode above applies only to a new file; an existing one may be readable by others
     with os.fdopen(fd, "w") as f:
         json.dump(data, f, indent=2)
 
@@ -52,6 +54,27 @@ def _claim(text: str) -> tuple[str, Any]:
     except json.JSONDecodeError:
         value = raw  # a bare string
     return name, value
+
+
+def _seconds(text: str) -> float:
+    """A finite number of seconds (``inf`` or ``nan`` would end as a traceback or an ``Infinity`` in keys.json)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, got {value}")
+    return value
 
 
 def _client(text: str) -> tuple[str, str, list[str] | None]:
@@ -73,9 +96,9 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="serve discovery, JWKS and a client_credentials token endpoint")
     s.add_argument("--dir", help=folder_help)
     s.add_argument("--host", default="127.0.0.1", help="loopback address to listen on (default 127.0.0.1)")
-    s.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 = any free)")
+    s.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 = any free)")
     s.add_argument("--audience", default=None, help=f"default aud of minted tokens (default {DEFAULT_AUDIENCE})")
-    s.add_argument("--lifetime", type=float, default=None, help="token lifetime in seconds (default 3600)")
+    s.add_argument("--lifetime", type=_seconds, default=None, help="token lifetime in seconds (default 3600)")
     s.add_argument(
         "--client",
         type=_client,
@@ -92,7 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--scope", action="append", default=[], help="scope (repeatable, or space separated)")
     m.add_argument("--aud", action="append", default=None, help="audience (repeatable)")
     m.add_argument("--client-id", default=None, help="client_id claim (default: the subject)")
-    m.add_argument("--lifetime", type=float, default=None, help="seconds until exp (default 3600)")
+    m.add_argument("--lifetime", type=_seconds, default=None, help="seconds until exp (default 3600)")
     m.add_argument(
         "--claim",
         type=_claim,
@@ -102,14 +125,14 @@ def _parser() -> argparse.ArgumentParser:
         help="extra claim; VALUE is JSON if it parses, else a string; NAME=null removes a claim",
     )
     m.add_argument("--alg", choices=sorted(ALGORITHMS), default="RS256", help="signing algorithm (default RS256)")
-    m.add_argument("--now", type=float, default=None, help="issue as if the time were this epoch")
+    m.add_argument("--now", type=_seconds, default=None, help="issue as if the time were this epoch")
     state = m.add_mutually_exclusive_group()
     state.add_argument("--expired", action="store_true", help="a token that expired 5 minutes ago")
     state.add_argument("--not-yet-valid", action="store_true", help="a token valid only from 5 minutes from now")
 
     r = sub.add_parser("rotate", help="new signing keys; old ones stay in the JWKS for a grace period")
     r.add_argument("--dir", help=folder_help)
-    r.add_argument("--grace", type=float, default=3600.0, help="seconds the old keys stay published (default 3600)")
+    r.add_argument("--grace", type=_seconds, default=3600.0, help="seconds the old keys stay published (default 3600)")
     r.add_argument("--alg", action="append", choices=sorted(ALGORITHMS), help="rotate only this algorithm")
 
     j = sub.add_parser("jwks", help="print the public JWK set")

@@ -22,7 +22,7 @@ class Client:
     """A ``client_credentials`` client: its secret and, if set, the scopes it may ask for."""
 
     client_id: str
-    secret: str
+    secret: str = field(repr=False)  # never in a log line or a test's failure output
     scopes: frozenset[str] | None = None
 
     def check_secret(self, secret: str) -> bool:

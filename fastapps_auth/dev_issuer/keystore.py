@@ -8,6 +8,7 @@ tokens signed just before a rotation still verify until they expire.
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import threading
@@ -154,6 +155,7 @@ class KeyStore:
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # a stale temporary file keeps its mode through O_CREAT
         with os.fdopen(fd, "w") as f:
             json.dump({"keys": [k.to_json() for k in self._keys]}, f, indent=2)
         os.replace(tmp, path)
@@ -213,8 +215,8 @@ class KeyStore:
 
         Returns the new key ids. ``grace=0`` drops the old keys at once.
         """
-        if grace < 0:
-            raise ValueError("grace must be >= 0 seconds")
+        if not math.isfinite(grace) or grace < 0:
+            raise ValueError("grace must be a finite number of seconds >= 0")
         with self._lock:
             self._refresh()
             now = self.clock.time()

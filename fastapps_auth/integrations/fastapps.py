@@ -134,7 +134,8 @@ class WidgetMCPServer(_FastAppsServer):  # type: ignore[misc, unused-ignore]
         self._configure_widget_csp(widgets)
 
         self.chain = _as_chain(token_verifier, auth_issuer_url, auth_audience)
-        self.server_requires_auth = self.chain is not None and anonymous == "deny"
+        # FastApps' policy for undecorated widgets; ``anonymous="allow"`` opens only @no_auth/@optional_auth ones.
+        self.server_requires_auth = self.chain is not None
         self.server_auth_scopes = list(auth_required_scopes or [])
         self.auth_issuer_url = auth_issuer_url
         self.auth_resource_server_url = auth_resource_server_url

@@ -26,7 +26,7 @@ from starlette.requests import ClientDisconnect
 from fastapps_auth.chain import VerifierChain
 from fastapps_auth.decision import Decision, RateLimitInfo
 from fastapps_auth.errors import retry_seconds
-from fastapps_auth.request import RequestInfo, current_request
+from fastapps_auth.request import MAX_RPC_NAME_CHARS, RequestInfo, current_request
 from fastapps_auth.stages.scopes import ScopesStage
 
 # The ASGI shapes as Starlette (and httpx's ASGITransport) type them, so the middleware is an ASGI app to both.
@@ -56,18 +56,49 @@ class RequestDecision:
 _current: ContextVar[RequestDecision | None] = ContextVar("fastapps_auth_request_decision", default=None)
 
 
+def _find_sdk_request_ctx() -> ContextVar[Any] | None:
+    """The MCP SDK's per-message request context (mcp 1.x; mcp 2.x runs each message in its request's context)."""
+    try:
+        from mcp.server.lowlevel.server import request_ctx
+    except ImportError:  # pragma: no cover - depends on the installed mcp
+        return None
+    return request_ctx
+
+
+_sdk_request_ctx = _find_sdk_request_ctx()
+
+
 def current_decision() -> Decision | None:
-    """The decision the middleware made for the request being handled, if any."""
+    """The decision the middleware made for the request being handled, if any.
+
+    Inside an MCP handler, that is the HTTP request that carried the message being handled: in a
+    stateful session (MCP SDK 1.x) handlers run in the context of the request that opened the
+    session, whose token may have been replaced since (fewer scopes, or expired).
+    """
+    decision = _message_decision()
+    if decision is not None:
+        return decision
     held = _current.get()
     return held.decision if held is not None else None
 
 
 def current_access_token() -> AccessToken | None:
     """The verified ``AccessToken`` of the request being handled (``None`` when anonymous or denied)."""
-    held = _current.get()
-    if held is None or not held.decision.allowed:
+    decision = current_decision()
+    if decision is None or not decision.allowed:
         return None
-    return held.decision.access_token
+    return decision.access_token
+
+
+def _message_decision() -> Decision | None:
+    """The decision stored on the HTTP request of the MCP message being handled (the SDK's request context)."""
+    if _sdk_request_ctx is None:
+        return None
+    ctx = _sdk_request_ctx.get(None)
+    scope = getattr(getattr(ctx, "request", None), "scope", None)
+    state = scope.get("state") if isinstance(scope, MutableMapping) else None
+    decision = state.get(STATE_KEY) if isinstance(state, MutableMapping) else None
+    return decision if isinstance(decision, Decision) else None
 
 
 class RequestScopedVerifier:
@@ -185,7 +216,7 @@ def rpc_target(body: bytes) -> tuple[str | None, str | None, bool]:
         params = msg.get("params")
         name = params.get("name") if isinstance(params, dict) else None
         tool = name if isinstance(name, str) else None
-    return method[:200], tool[:200] if tool else tool, True
+    return method[:MAX_RPC_NAME_CHARS], tool[:MAX_RPC_NAME_CHARS] if tool else tool, True
 
 
 # -- responses --------------------------------------------------------------------------------

@@ -127,6 +127,12 @@ class JWTVerifier(Stage[JWTOptions]):
         if o.audience is not None and (not audiences or not all(audiences)):
             raise ConfigError("audience must be a non-empty string or list of strings", stage=self.name, key="audience")
         self._audiences: frozenset[str] | None = frozenset(audiences) if o.audience is not None else None
+        if self._audiences is None:
+            logger.warning(
+                "jwt stage %r checks no audience: a token its issuer minted for any other API is accepted here "
+                "(set audience, e.g. this server's resource URL)",
+                self.name,
+            )
         self._required = tuple(dict.fromkeys(o.required_scopes))
         self._required_set = frozenset(self._required)
         self._leeway = float(o.leeway)
