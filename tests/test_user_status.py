@@ -511,3 +511,27 @@ async def test_unreachable_postgres_is_transient_and_keeps_the_password_out_of_l
     assert any("PostgreSQL is unreachable" in r.getMessage() for r in caplog.records)
     assert not any("s3cr3t" in r.getMessage() for r in caplog.records)
     await chain.aclose()
+
+
+def test_a_chain_never_closed_does_not_keep_the_process_alive(tmp_path: Path) -> None:
+    """aiosqlite's worker thread is a daemon: a script that forgets ``aclose()`` still exits."""
+    import subprocess
+    import sys
+
+    db = make_sqlite(tmp_path / "users.db")
+    script = f"""
+import asyncio
+from fastapps_auth import VerifierChain
+from fastapps_auth.stages.user_status import UserStatusStage
+from tests.support.stages import TokenIsSubject
+
+async def main():
+    chain = VerifierChain(TokenIsSubject(), UserStatusStage(dsn="sqlite:///{db}"))
+    assert (await chain.evaluate("user:alice")).allowed  # the connection and its thread are open now
+
+asyncio.run(main())
+print("done")
+"""
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stdout.strip()) == (0, "done"), proc.stderr

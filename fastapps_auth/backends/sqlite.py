@@ -10,6 +10,7 @@ import asyncio
 import os
 import re
 import sqlite3
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -98,7 +99,8 @@ class SqliteUserStore:
                     )
                 target, uri = f"file:{quote(self.path)}?mode=rw", True
             try:
-                conn = await aiosqlite.connect(target, uri=uri, timeout=self.timeout)
+                conn = _daemon(aiosqlite.connect(target, uri=uri, timeout=self.timeout))
+                await conn
             except sqlite3.Error as exc:
                 raise StoreUnavailable(f"cannot open SQLite user database {self._where()}: {exc}") from None
             conn.row_factory = sqlite3.Row
@@ -143,3 +145,15 @@ def _hint(exc: sqlite3.Error) -> str:
     if text.startswith("no such column"):
         return " (the query names a column the table lacks)"
     return ""
+
+
+def _daemon(conn: aiosqlite.Connection) -> aiosqlite.Connection:
+    """``conn`` with its worker thread (not started yet) made a daemon.
+
+    aiosqlite's thread would otherwise keep the interpreter from exiting when a chain was never
+    closed (a script, a notebook): it only reads, so nothing is lost when it stops with the process.
+    """
+    thread = getattr(conn, "_thread", None)
+    if isinstance(thread, threading.Thread) and not thread.is_alive():
+        thread.daemon = True
+    return conn
