@@ -6,7 +6,7 @@ import asyncio
 import logging
 import math
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -19,48 +19,12 @@ from fastapps_auth.backends.postgres import PostgresUserStore
 from fastapps_auth.backends.postgres_batch import BatchQuery, batch_query
 from fastapps_auth.backends.users import StoreUnavailable
 from fastapps_auth.stages.user_status import UserStatusStage, verdict
+from tests.support.batching import Backend, failure, settle
 from tests.support.tcp_proxy import TCPProxy
 from tests.support.user_status import TokenUser, UserStatusChains
 
 #: Bounded waits for events that should come in milliseconds; a hang guard, not a timing assertion.
 DEADLINE = 10.0
-
-
-def failure(exc: BaseException) -> BaseException:
-    return StoreUnavailable(f"failed: {type(exc).__name__}")
-
-
-class Backend:
-    """``one`` and ``many`` for a batcher: they record their calls and wait for ``gate``."""
-
-    def __init__(self) -> None:
-        self.gate = asyncio.Event()
-        self.gate.set()
-        self.ones: list[str] = []
-        self.manys: list[list[str]] = []
-        self.fail_many: Exception | None = None
-
-    async def one(self, key: str) -> str:
-        self.ones.append(key)
-        await self.gate.wait()
-        return f"row:{key}"
-
-    async def many(self, keys: Sequence[str]) -> list[str]:
-        self.manys.append(list(keys))
-        await self.gate.wait()
-        if self.fail_many is not None:
-            raise self.fail_many
-        return [f"row:{k}" for k in keys]
-
-    def batcher(self, **options: Any) -> Batcher[str, str]:
-        options.setdefault("max_inflight", 1)
-        return Batcher(self.one, self.many, failure=failure, **options)
-
-
-async def settle() -> None:
-    """Let every ready task run to its next wait (a few loop iterations, no clock involved)."""
-    for _ in range(5):
-        await asyncio.sleep(0)
 
 
 # -- the batcher ---------------------------------------------------------------------------------------------

@@ -23,6 +23,15 @@ from typing import Any, BinaryIO, Literal, Protocol, TextIO
 
 logger = logging.getLogger("fastapps_auth.audit.sink")
 
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread, or ``None``."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 StreamTarget = Literal["stdout", "stderr", "file"]
 
 
@@ -128,6 +137,7 @@ class StreamSink:
         self._lines = 0  # in the buffer
         self._file: BinaryIO | None = None  # opened on the first write: no I/O in constructors
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._warned_at = -1e9
         #: Lines written and lines lost to failed writes, for stats().
@@ -143,21 +153,24 @@ class StreamSink:
         self._lines += 1
         if self._lines >= self._max or self._interval <= 0:
             self.flush()
-        elif self._lines == 1:
+        elif self._lines == 1 or self._timer_loop is not _running_loop():
+            # The batch's first line, or its timer is on a loop that no longer runs here (closed, replaced).
             self._schedule()
 
     def _schedule(self) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # no event loop in this thread: nobody would flush later
+        loop = _running_loop()
+        if loop is None:  # no event loop in this thread: nobody would flush later
             self.flush()
             return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_loop = loop
         self._timer = loop.call_later(self._interval, self.flush)
 
     def flush(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
+            self._timer = self._timer_loop = None
         data, lines = self._buffer, self._lines
         if not lines:
             return

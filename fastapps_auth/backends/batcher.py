@@ -126,6 +126,8 @@ class Batcher(Generic[K, R]):
                 await self._send(batch)
         finally:
             self._inflight -= 1
+            if self._queue:  # ended by a cancellation, with lookups queued behind it: hand them on (or fail them)
+                self._start_runner()
 
     def _take(self) -> dict[K, list[asyncio.Future[R]]]:
         """Up to ``max_batch`` queued keys that someone still waits for, oldest first."""

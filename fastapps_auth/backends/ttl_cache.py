@@ -92,7 +92,8 @@ class TTLCache(Generic[K, V]):
             del self._data[key]
         self.misses += 1
         fut = self._inflight.get(key)
-        if fut is None:
+        # A load cancelled before it ran (a loop shutting down) or left on another loop is no load to join.
+        if fut is None or fut.done() or fut.get_loop() is not asyncio.get_running_loop():
             fut = asyncio.ensure_future(self._load(key, load, ttl))
             fut.add_done_callback(_retrieve)
             self._inflight[key] = fut
