@@ -153,8 +153,8 @@ class StreamSink:
         self._lines += 1
         if self._lines >= self._max or self._interval <= 0:
             self.flush()
-        elif self._lines == 1 or self._timer_loop is not _running_loop():
-            # The batch's first line, or its timer is on a loop that no longer runs here (closed, replaced).
+        elif self._lines == 1 or (self._timer_loop is not None and self._timer_loop.is_closed()):
+            # The batch's first line, or its timer is on a loop that has closed (asyncio.run returned).
             self._schedule()
 
     def _schedule(self) -> None:
