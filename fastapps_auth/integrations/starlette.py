@@ -372,6 +372,10 @@ class ChainAuthMiddleware:
         self.realm = realm
         self.paths = tuple(paths) if paths is not None else None
         self.exempt = tuple(exempt)
+        # Matched on every request, so prepared once: a path prefix with its bare form (``/mcp/`` also
+        # protects ``/mcp``), and an exempt prefix as the path itself and as the start of a sub-path.
+        self._protected = None if self.paths is None else tuple((p, p.rstrip("/")) for p in self.paths)
+        self._exempt = tuple((base, base + "/") for base in (p.rstrip("/") for p in self.exempt))
         self.allow_anonymous = anonymous == "allow"
         self.required_scopes = tuple(required_scopes)
         # Server-wide scopes are a last stage of the chain, not a check after it: the decision the
@@ -392,12 +396,15 @@ class ChainAuthMiddleware:
     def _protects(self, scope: Scope) -> bool:
         # Starlette routes on the path below the mount (or the server's root path), which is what
         # ``paths`` name; a list written against the full path keeps protecting it too.
-        paths = {scope.get("path", ""), _route_path(scope)}
-        if any(_within(path, p) for path in paths for p in self.exempt):
+        full = scope.get("path", "")
+        routed = _route_path(scope)
+        paths = (full,) if routed == full else (full, routed)
+        # An exempt prefix ends at a path segment: ``/public`` covers ``/public/x``, not ``/publicx``.
+        if any(path == base or path.startswith(below) for path in paths for base, below in self._exempt):
             return False
-        if self.paths is None:
+        if self._protected is None:
             return True
-        return any(path == p.rstrip("/") or path.startswith(p) for path in paths for p in self.paths)
+        return any(path == bare or path.startswith(p) for path in paths for p, bare in self._protected)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket") or _is_preflight(scope) or not self._protects(scope):
@@ -482,12 +489,6 @@ def _route_path(scope: Scope) -> str:
     if root and path.startswith(root) and (path == root or path[len(root)] == "/"):
         return path[len(root) :]
     return path
-
-
-def _within(path: str, prefix: str) -> bool:
-    """``path`` is ``prefix`` or below it, at a segment boundary: ``/public`` covers ``/public/x``, not ``/publicx``."""
-    base = prefix.rstrip("/")
-    return path == base or path.startswith(base + "/")
 
 
 def _is_preflight(scope: Scope) -> bool:

@@ -142,8 +142,13 @@ def _ascii_json(event: EventDict) -> str:
         return _stdlib_encode({**event, "claims": "<not renderable>"})
 
 
+def _ascii_line(event: EventDict) -> bytes:
+    """``_ascii_json`` as a stream sink's line."""
+    return (_ascii_json(event) + "\n").encode()
+
+
 def _stdlib_encoders() -> JsonEncoders:
-    return _ascii_json, lambda event: (_ascii_json(event) + "\n").encode()
+    return _ascii_json, _ascii_line
 
 
 def _orjson_encoders() -> JsonEncoders | None:
@@ -164,7 +169,7 @@ def _orjson_encoders() -> JsonEncoders | None:
         try:
             return dumps(event, default=_json_default, option=line_option)
         except TypeError:
-            return (_ascii_json(event) + "\n").encode()
+            return _ascii_line(event)
 
     return text, line
 
