@@ -7,8 +7,7 @@ core types (``errors``, ``clock``, ``decision``, ``request``, ``component``, ``s
 
 from __future__ import annotations
 
-from mcp.server.auth.provider import AccessToken
-
+from fastapps_auth.access_token import AccessToken
 from fastapps_auth.chain import AnyOf, VerifierChain, run_stage
 from fastapps_auth.clock import Clock, FixedClock, ManualClock, SystemClock
 from fastapps_auth.config import chain_from_config

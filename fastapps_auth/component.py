@@ -85,6 +85,13 @@ class Component(Generic[OptionsT]):
     async def start(self) -> None:
         """Open resources now instead of at first use. Optional; the default does nothing."""
 
+    async def probe(self) -> None:
+        """Reach every service this component uses once, for ``fastapps-auth check --connect``.
+
+        Raise an exception whose message says, in one line and without secrets, what is wrong
+        (unreachable, missing table, no keys). The default does nothing: a component without services.
+        """
+
     async def aclose(self) -> None:
         """Release pools, connections and clients. Safe to call twice."""
 

@@ -17,13 +17,21 @@ MAX_RPC_NAME_CHARS = 200
 
 @dataclass(frozen=True, slots=True)
 class RequestInfo:
-    """Method, path, client address and, for JSON-RPC ``tools/call``, the MCP tool name."""
+    """Method, path, client address and, for JSON-RPC ``tools/call``, the MCP tool name.
+
+    ``url`` is the request's public URL without query or fragment (as the client addressed it, behind
+    trusted proxies too); ``auth_scheme`` the lower-case scheme of the ``Authorization`` header
+    (``bearer``, ``dpop``); ``dpop_proofs`` every ``DPoP`` header value, in order (RFC 9449 wants one).
+    """
 
     method: str | None = None
     path: str | None = None
     client_ip: str | None = None
     mcp_method: str | None = None
     tool_name: str | None = None
+    url: str | None = None
+    auth_scheme: str | None = None
+    dpop_proofs: tuple[str, ...] = ()
 
 
 current_request: ContextVar[RequestInfo | None] = ContextVar("fastapps_auth_request", default=None)

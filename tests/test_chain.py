@@ -227,8 +227,12 @@ def test_chain_rejects_non_stages() -> None:
 def test_access_token_is_the_mcp_sdk_type() -> None:
     from mcp.server.auth.provider import AccessToken as SdkAccessToken
 
-    assert AccessToken is SdkAccessToken
+    # A subclass, so every host takes it; it only keeps the raw token out of repr and str.
+    assert issubclass(AccessToken, SdkAccessToken)
     assert {"subject", "claims", "expires_at", "resource"} <= set(AccessToken.model_fields)
+    at = AccessToken(token="raw.bearer.value", client_id="c", scopes=["s"], subject="alice")
+    assert "raw.bearer.value" not in repr(at) and "raw.bearer.value" not in str(at) and "raw.bearer" not in f"{at}"
+    assert at.model_copy(update={"scopes": []}).token == "raw.bearer.value"
 
 
 def test_rejected_defaults_are_client_safe() -> None:

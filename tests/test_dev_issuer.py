@@ -18,7 +18,8 @@ from joserfc.jwk import KeySet, KeySetSerialization
 
 from fastapps_auth.clock import ManualClock
 from fastapps_auth.dev_issuer import DevIssuer, KeyStore, RunningIssuer
-from fastapps_auth.dev_issuer.server import bind, is_loopback
+from fastapps_auth.dev_issuer.server import bind
+from fastapps_auth.endpoints import is_loopback
 from fastapps_auth.testing import start_issuer, tamper
 
 

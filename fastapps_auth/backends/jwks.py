@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
 import re
@@ -25,6 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from fastapps_auth.backends.jwks_keys import KeyImportError, VerifyKey, key_from_jwk
 from fastapps_auth.clock import Clock
+from fastapps_auth.endpoints import check_url, is_loopback
 from fastapps_auth.errors import TransientError
 
 if TYPE_CHECKING:
@@ -102,37 +102,6 @@ def parse_jwks(doc: Any, allowed: Iterable[str], *, strict: bool) -> KeySet:
     if len(keys) > MAX_KEYS:
         logger.warning("JWKS has %d usable keys; only the first %d are used", len(keys), MAX_KEYS)
     return KeySet(keys)
-
-
-def is_loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def check_url(url: str, *, allow_insecure_http: bool, loopback_http: bool = True) -> str:
-    """``url`` if it is https (or http on loopback, or http explicitly allowed); else ``ValueError``.
-
-    ``loopback_http=False`` takes the loopback exception away: a remote issuer's metadata has no
-    business sending us to a plain-http service on this host.
-    """
-    parts = urlsplit(url)
-    if parts.scheme == "https" and parts.hostname:
-        return url
-    if (
-        parts.scheme == "http"
-        and parts.hostname
-        and (allow_insecure_http or (loopback_http and is_loopback(parts.hostname)))
-    ):
-        return url
-    if not loopback_http:
-        raise ValueError(f"must be an https URL (the issuer is not on loopback): {url!r}")
-    raise ValueError(f"must be an https URL (http only on loopback or with allow_insecure_http): {url!r}")
 
 
 def discovery_urls(issuer: str) -> list[str]:

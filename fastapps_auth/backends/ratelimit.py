@@ -13,9 +13,9 @@ from urllib.parse import urlsplit
 
 from fastapps_auth.backends.ratelimit_algorithm import Outcome, Rule
 from fastapps_auth.clock import SYSTEM_CLOCK, Clock
+from fastapps_auth.endpoints import is_loopback
 
 SCHEMES = ("memory", "redis", "rediss", "unix")
-LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 
 
 @runtime_checkable
@@ -27,13 +27,6 @@ class RateLimitBackend(Protocol):
     async def aclose(self) -> None: ...
 
     def stats(self) -> dict[str, float]: ...
-
-
-def is_loopback(host: str | None) -> bool:
-    """True for a host name or address that never leaves this machine."""
-    if not host:
-        return False
-    return host.lower() in LOOPBACK or host.startswith("127.")
 
 
 def check_uri(uri: str, *, allow_plaintext: bool = False) -> str:

@@ -7,7 +7,6 @@ The socket is bound before the app is built, so the app can know its own URL
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import socket
 import threading
 from collections.abc import Awaitable, Callable, Sequence
@@ -16,18 +15,9 @@ from typing import Any, Literal
 
 import uvicorn
 
+from fastapps_auth.endpoints import is_loopback
+
 ASGIApp = Any
-LOOPBACK_NAMES = ("localhost",)
-
-
-def is_loopback(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and ``localhost``."""
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:

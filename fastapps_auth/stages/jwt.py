@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 from mcp.server.auth.provider import AccessToken
 from pydantic import Field, SecretStr
 
-from fastapps_auth.backends.jwks import KeySet, KeySource, RemoteKeySource, check_url, parse_jwks, static_source
+from fastapps_auth.backends.jwks import KeySet, KeySource, RemoteKeySource, parse_jwks, static_source
 from fastapps_auth.backends.jwks_keys import (
     HMAC_ALGS,
     SUPPORTED_ALGS,
@@ -31,6 +31,7 @@ from fastapps_auth.backends.jwks_keys import (
 from fastapps_auth.backends.token_cache import VerifiedTokenCache
 from fastapps_auth.clock import Clock
 from fastapps_auth.component import ComponentOptions
+from fastapps_auth.endpoints import check_url
 from fastapps_auth.errors import ConfigError, Rejected, TransientError, insufficient_scope
 from fastapps_auth.stage import Stage, StageOptions, Verification
 from fastapps_auth.stages._jwt_compact import Malformed, decode, json_object, split
