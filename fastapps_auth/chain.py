@@ -229,6 +229,9 @@ class VerifierChain(Stage[ChainOptions]):
                 started,
                 perf_counter() - t0,
                 v.access_token,
+                (),
+                None if rj is None else rj.acr_values,
+                None if rj is None else rj.max_age,
             )
         )
         for observer in self.observers:

@@ -67,6 +67,8 @@ class Component(Generic[OptionsT]):
 
     options: OptionsT
     clock: Clock
+    #: Set by ``aclose()``: a closed component opens nothing again, and a closed stage refuses (503).
+    closed: bool = False
 
     def __init__(self, options: OptionsT | None = None, /, *, clock: Clock | None = None, **kwargs: Any) -> None:
         name = kwargs.get("name")

@@ -9,7 +9,8 @@ from mcp.server.auth.provider import AccessToken
 
 from fastapps_auth.request import RequestInfo
 
-Outcome = Literal["passed", "rejected", "error-denied", "error-allowed"]
+#: ``shadow-rejected``: a stage with ``enforce = false`` would have refused; the chain went on.
+Outcome = Literal["passed", "rejected", "error-denied", "error-allowed", "shadow-rejected"]
 
 
 @dataclass(slots=True)
@@ -77,6 +78,11 @@ class Decision(NamedTuple):
     #: The token as authenticated, also when a later stage rejected it (for audit: *who* was
     #: banned or rate limited). Never use it to grant access: that is ``access_token``.
     principal: AccessToken | None = None
+    #: (stage, reason) of every rejection a stage with ``enforce = false`` would have made (shadow mode).
+    shadowed: tuple[tuple[str, str], ...] = ()
+    #: RFC 9470 step-up: the ``acr`` values and the ``max_age`` a 401 ``insufficient_user_authentication`` asks for.
+    acr_values: str | None = None
+    max_age: int | None = None
 
     @property
     def subject(self) -> str | None:

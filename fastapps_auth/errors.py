@@ -22,11 +22,23 @@ class Rejected(Exception):
     ``rate_limited``, ...), ``error`` the RFC 6750 error code sent to the client,
     ``status`` the HTTP status, ``description`` a client-safe sentence (never a
     secret, never the token). ``scope`` names the scopes an ``insufficient_scope``
-    rejection needs; ``retry_after`` is in seconds (bounded by ``retry_seconds``: a stage's
-    infinite or NaN wait never reaches a header or a JSON document).
+    rejection needs; ``acr_values`` and ``max_age`` what a 401 ``insufficient_user_authentication``
+    (RFC 9470 step-up) asks the client to re-authenticate with; ``retry_after`` is in seconds
+    (bounded by ``retry_seconds``: a stage's infinite or NaN wait never reaches a header or a JSON document).
     """
 
-    __slots__ = ("description", "error", "reason", "retry_after", "scope", "stage", "status", "transient")
+    __slots__ = (
+        "acr_values",
+        "description",
+        "error",
+        "max_age",
+        "reason",
+        "retry_after",
+        "scope",
+        "stage",
+        "status",
+        "transient",
+    )
 
     def __init__(
         self,
@@ -38,6 +50,8 @@ class Rejected(Exception):
         retry_after: float | None = None,
         scope: str | None = None,
         transient: bool = False,
+        acr_values: str | None = None,
+        max_age: int | None = None,
     ) -> None:
         super().__init__(reason)
         self.reason = reason
@@ -47,6 +61,8 @@ class Rejected(Exception):
         self.retry_after = retry_seconds(retry_after)
         self.scope = scope
         self.transient = transient
+        self.acr_values = acr_values
+        self.max_age = max_age
         #: Name of the stage that raised it; the chain fills this in.
         self.stage: str | None = None
 

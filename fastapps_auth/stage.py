@@ -29,6 +29,10 @@ class StageOptions(ComponentOptions):
         description="On a transient failure (service down, timeout): deny (503) or allow (fail open, recorded).",
     )
     retry_after: float = Field(default=5.0, gt=0, description="Retry-After seconds sent with a 503 from this stage.")
+    enforce: bool = Field(
+        default=True,
+        description="false: shadow mode; a refusal is recorded (decision, trace, audit, metrics), the chain goes on.",
+    )
 
 
 class Verification:
@@ -96,6 +100,13 @@ class Stage(Component[OptionsT]):
                 stage=self.name,
                 key="on_error",
             )
+
+    def bind_resource(self, resource_url: str) -> None:
+        """The server this stage protects is ``resource_url`` (RFC 8707); hosts call it once, before serving.
+
+        An authenticating stage with no ``audience`` of its own then accepts only tokens for that
+        resource. The default does nothing; composites pass it on to their stages.
+        """
 
     async def __call__(self, v: Verification) -> None:
         raise NotImplementedError

@@ -216,7 +216,7 @@ async def test_start_and_aclose_reach_every_stage_once() -> None:
     async with VerifierChain(TokenIsSubject(), VerifierChain(a), b) as chain:
         await chain.start()
     await chain.aclose()
-    assert (a.started, b.started, a.closed, b.closed) == (1, 1, 1, 1)
+    assert (a.started, b.started, a.closes, b.closes) == (1, 1, 1, 1)
 
 
 def test_chain_rejects_non_stages() -> None:
@@ -295,7 +295,7 @@ async def test_a_stage_with_a_broken_aclose_does_not_stop_the_others_closing(
     a, b = Counts(name="a"), Counts(name="b")
     chain = VerifierChain(TokenIsSubject(), SyncClose(name="bad", raises=raises), a, AnyOf(SyncClose(name="alt"), b))
     await chain.aclose()
-    assert (a.closed, b.closed) == (1, 1)
+    assert (a.closes, b.closes) == (1, 1)
     assert "closing 'bad' failed" in caplog.text and "closing 'alt' failed" in caplog.text
 
 

@@ -71,7 +71,7 @@ class Counts(Stage[StageOptions]):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.calls = 0
         self.seen: list[str | None] = []
-        self.closed = 0
+        self.closes = 0
         self.started = 0
 
     async def __call__(self, v: Verification) -> None:
@@ -82,7 +82,7 @@ class Counts(Stage[StageOptions]):
         self.started += 1
 
     async def aclose(self) -> None:
-        self.closed += 1
+        self.closes += 1
 
 
 class StaticAuthOptions(StageOptions):
