@@ -8,6 +8,24 @@ from dataclasses import dataclass
 MAX_RETRY_AFTER = float(2**31)
 
 
+#: The status each error code of RFC 6750 §3.1 (and RFC 9470 §3's step-up code) goes with. Any other code
+#: (``rate_limited``, ``temporarily_unavailable``, a plugin's own) may take any 4xx or 5xx status.
+RFC_STATUS = {
+    "invalid_request": 400,
+    "invalid_token": 401,
+    "insufficient_scope": 403,
+    "insufficient_user_authentication": 401,
+}
+#: The ``error`` a rejection gets when it names only its status.
+DEFAULT_ERROR = {
+    400: "invalid_request",
+    401: "invalid_token",
+    403: "insufficient_scope",
+    429: "rate_limited",
+    503: "temporarily_unavailable",
+}
+
+
 def retry_seconds(value: float | None) -> float | None:
     """``value`` as a wait a client can be told: within [0, ``MAX_RETRY_AFTER``]; NaN is no hint at all."""
     if value is None or value != value:
@@ -19,8 +37,9 @@ class Rejected(Exception):
     """A stage's verdict that the token must not pass.
 
     ``reason`` is a machine code (``expired``, ``bad_signature``, ``user_banned``,
-    ``rate_limited``, ...), ``error`` the RFC 6750 error code sent to the client,
-    ``status`` the HTTP status, ``description`` a client-safe sentence (never a
+    ``rate_limited``, ...), ``error`` the RFC 6750 error code sent to the client (by default the
+    one that goes with ``status``: ``DEFAULT_ERROR``), ``status`` the HTTP status (4xx or 5xx; an
+    RFC 6750 code with any status but its own is a ``ValueError``), ``description`` a client-safe sentence (never a
     secret, never the token). ``scope`` names the scopes an ``insufficient_scope``
     rejection needs; ``acr_values`` and ``max_age`` what a 401 ``insufficient_user_authentication``
     (RFC 9470 step-up) asks the client to re-authenticate with; ``retry_after`` is in seconds
@@ -45,7 +64,7 @@ class Rejected(Exception):
         reason: str,
         description: str | None = None,
         *,
-        error: str = "invalid_token",
+        error: str | None = None,
         status: int = 401,
         retry_after: float | None = None,
         scope: str | None = None,
@@ -54,6 +73,22 @@ class Rejected(Exception):
         max_age: int | None = None,
     ) -> None:
         super().__init__(reason)
+        if isinstance(status, bool) or not isinstance(status, int):
+            raise TypeError(f"Rejected status must be an int, not {type(status).__name__}")
+        if not 400 <= status <= 599:
+            raise ValueError(f"Rejected status must be a 4xx or 5xx HTTP status, not {status}")
+        if error is None:
+            error = DEFAULT_ERROR.get(status)
+            if error is None:
+                raise ValueError(f"Rejected with status {status} needs an explicit error code")
+        elif not isinstance(error, str) or not error:
+            raise TypeError("Rejected error must be a non-empty string (an RFC 6750 error code)")
+        else:
+            paired = RFC_STATUS.get(error)
+            if paired is not None and paired != status:
+                raise ValueError(
+                    f"Rejected error {error!r} goes with HTTP status {paired} (RFC 6750/9470), not {status}"
+                )
         self.reason = reason
         self.error = error
         self.status = status
@@ -70,15 +105,23 @@ class Rejected(Exception):
         return f"Rejected({self.reason!r}, status={self.status}, stage={self.stage!r})"
 
 
-def insufficient_scope(missing: list[str] | tuple[str, ...], reason: str = "insufficient_scope") -> Rejected:
-    """The 403 rejection for a token that lacks ``missing`` scopes (RFC 6750 §3.1)."""
-    scope = " ".join(missing)
+def insufficient_scope(
+    missing: list[str] | tuple[str, ...],
+    reason: str = "insufficient_scope",
+    *,
+    needed: list[str] | tuple[str, ...] | None = None,
+) -> Rejected:
+    """The 403 rejection for a token that lacks ``missing`` scopes (RFC 6750 §3.1).
+
+    ``scope`` names ``needed`` when given: every scope the operation needs, so a client can get
+    them all in one re-authorization; the description names what is ``missing``.
+    """
     return Rejected(
         reason,
-        f"the token lacks the required scope: {scope}",
+        f"the token lacks the required scope: {' '.join(missing)}",
         error="insufficient_scope",
         status=403,
-        scope=scope,
+        scope=" ".join(needed if needed is not None else missing),
     )
 
 
