@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from time import perf_counter
 from types import TracebackType
 from typing import Any, ClassVar
@@ -18,11 +18,14 @@ from mcp.server.auth.provider import AccessToken
 
 from fastapps_auth.clock import SYSTEM_CLOCK, Clock
 from fastapps_auth.component import Component, ComponentOptions
-from fastapps_auth.decision import Decision, Outcome, StageTrace
-from fastapps_auth.errors import Rejected, TransientError
+from fastapps_auth.decision import Decision, decide
+from fastapps_auth.errors import ConfigError, Rejected
 from fastapps_auth.observer import Observer
 from fastapps_auth.request import RequestInfo, current_request
+from fastapps_auth.runner import closed_refusal, run_stage, run_stages, transient_refusal
 from fastapps_auth.stage import Stage, StageOptions, Verification
+
+__all__ = ["MAX_TOKEN_CHARS", "AnyOf", "VerifierChain", "authenticates", "leaves", "run_stage", "run_stages"]
 
 logger = logging.getLogger("fastapps_auth")
 
@@ -30,97 +33,11 @@ logger = logging.getLogger("fastapps_auth")
 MAX_TOKEN_CHARS = 64 * 1024
 
 
-def _unavailable(stage: Stage[Any], exc: BaseException) -> Rejected:
-    retry = exc.retry_after if isinstance(exc, TransientError) and exc.retry_after else stage.retry_after
-    r = Rejected(
-        "unavailable",
-        "the authorization service is temporarily unavailable",
-        error="temporarily_unavailable",
-        status=503,
-        retry_after=retry,
-        transient=True,
-    )
-    r.stage = stage.name
-    return r
-
-
-def _quotes_token(message: str, token: str) -> bool:
-    """True if ``message`` contains any 16-character run of ``token`` (windows of 12 at stride 4)."""
-    if len(token) < 12:
-        return bool(token) and token in message
-    return any(token[i : i + 12] in message for i in range(0, len(token) - 11, 4))
-
-
-def _log_failure(stage: Stage[Any], exc: BaseException, v: Verification, *, allowed: bool) -> None:
-    message = str(exc)[:300]
-    if _quotes_token(message, v.token):
-        message = "<message withheld: it quoted the token>"
-    logger.warning(
-        "stage %r failed transiently (%s: %s); %s",
-        stage.name,
-        type(exc).__name__,
-        message,
-        "failing open" if allowed else "denying with 503",
-    )
-
-
-def _cancelling() -> bool:
-    """True unless the running task is known not to be cancelled.
-
-    A ``CancelledError`` raised into a task nobody cancelled (a shared future a backend awaited
-    was cancelled under it) is the stage failing, not the request being cancelled.
-    """
-    try:
-        task = asyncio.current_task()
-    except RuntimeError:
-        return True
-    return task is None or task.cancelling() > 0
-
-
-async def run_stages(stages: tuple[Stage[Any], ...], v: Verification) -> None:
-    """Run ``stages`` in order, each with its trace entry and its ``on_error`` policy.
-
-    One coroutine for the whole sequence (not one per stage): this loop is the hot path.
-    """
-    trace = v.trace
-    for stage in stages:
-        if stage.composite:
-            await stage(v)
-            continue
-        v.cache_hit = None
-        before = v.access_token
-        t0 = perf_counter()
-        try:
-            await stage(v)
-        except Rejected as r:
-            if r.stage is None:
-                r.stage = stage.name
-            outcome: Outcome = "error-denied" if r.transient else "rejected"
-            trace.append(StageTrace(stage.name, outcome, perf_counter() - t0, v.cache_hit, r.reason))
-            raise
-        except (Exception, asyncio.CancelledError) as exc:  # a transient failure, never a crash
-            if isinstance(exc, asyncio.CancelledError) and _cancelling():
-                raise
-            v.access_token = before  # whatever the stage did half-way is undone
-            allowed = stage.on_error == "allow" and not stage.authenticates
-            _log_failure(stage, exc, v, allowed=allowed)
-            outcome = "error-allowed" if allowed else "error-denied"
-            duration = perf_counter() - t0
-            trace.append(StageTrace(stage.name, outcome, duration, v.cache_hit, "unavailable", type(exc).__name__))
-            if not allowed:
-                raise _unavailable(stage, exc) from None
-            v.failed_open.append(stage.name)
-            continue
-        trace.append(StageTrace(stage.name, "passed", perf_counter() - t0, v.cache_hit))
-
-
-async def run_stage(stage: Stage[Any], v: Verification) -> None:
-    """Run one stage with its trace entry and its ``on_error`` policy."""
-    await run_stages((stage,), v)
-
-
 async def _close(component: Component[Any]) -> None:
-    await component.aclose()  # inside a coroutine: an ``aclose`` that is not one fails alone
+    try:
+        await component.aclose()  # inside a coroutine: an ``aclose`` that is not one fails alone
+    finally:
+        component.closed = True  # asked to close, even by an ``aclose`` that forgot to say so: never used again
 
 
 async def _close_all(components: Sequence[Component[Any]]) -> None:
@@ -129,6 +46,59 @@ async def _close_all(components: Sequence[Component[Any]]) -> None:
     for component, result in zip(components, results, strict=True):
         if isinstance(result, BaseException):
             logger.warning("closing %r failed (%s)", component.name, type(result).__name__)
+
+
+async def _start(component: Component[Any]) -> None:
+    await component.start()  # inside a coroutine: a ``start`` that is not one fails alone
+
+
+async def _start_all(components: Sequence[Component[Any]]) -> None:
+    """Start every component concurrently; a service that cannot be reached is one warning, not an error.
+
+    The component opens it on first use, and ``fastapps-auth check --connect`` is where it fails.
+    A ``ConfigError`` still raises.
+    """
+    results = await asyncio.gather(*(_start(c) for c in components), return_exceptions=True)
+    for component, result in zip(components, results, strict=True):
+        if isinstance(result, ConfigError):
+            raise result
+        if isinstance(result, KeyboardInterrupt | SystemExit):
+            raise result
+        if isinstance(result, BaseException):
+            logger.warning(
+                "starting %r failed (%s: %s); it will try again on first use",
+                component.name,
+                type(result).__name__,
+                str(result)[:300],
+            )
+
+
+def leaves(component: Component[Any]) -> Iterator[Component[Any]]:
+    """Every component inside ``component``, depth first: the stages of chains and AnyOfs, then observers.
+
+    The composites themselves are not included; a component that is not a composite is its only leaf.
+    """
+    if isinstance(component, VerifierChain):
+        for child in (*component.stages, *component.observers):
+            yield from leaves(child)
+    elif isinstance(component, AnyOf):
+        for alt in component.alternatives:
+            yield from leaves(alt)
+    else:
+        yield component
+
+
+def authenticates(stage: Stage[Any]) -> bool:
+    """True if ``stage`` passing means the token was authenticated.
+
+    A chain does when one of its stages does (all of them passed); an AnyOf only when every
+    alternative does, since any one of them passing is enough for it to pass.
+    """
+    if isinstance(stage, VerifierChain):
+        return any(authenticates(s) for s in stage.stages)
+    if isinstance(stage, AnyOf):
+        return all(authenticates(a) for a in stage.alternatives)
+    return stage.authenticates
 
 
 def _refuse_nested_observers(stage: Stage[Any]) -> None:
@@ -141,8 +111,21 @@ def _refuse_nested_observers(stage: Stage[Any]) -> None:
         )
 
 
+def _refuse_shadowed_authentication(composite: Stage[Any]) -> None:
+    """A composite in shadow mode may not hold an authenticating stage (its refusal would be shadowed too)."""
+    if composite.enforce:
+        return
+    found = next((c for c in leaves(composite) if isinstance(c, Stage) and c.authenticates), None)
+    if found is not None:
+        raise ConfigError(
+            f"cannot run in shadow mode: it holds {found.name!r}, which authenticates",
+            stage=composite.name,
+            key="enforce",
+        )
+
+
 class ChainOptions(StageOptions):
-    """A chain's own options (only its name; its stages are given directly)."""
+    """A chain's own options (its name, and ``enforce`` when nested; its stages are given directly)."""
 
 
 class VerifierChain(Stage[ChainOptions]):
@@ -158,8 +141,9 @@ class VerifierChain(Stage[ChainOptions]):
         observers: Sequence[Observer[Any]] = (),
         clock: Clock | None = None,
         name: str | None = None,
+        enforce: bool = True,
     ) -> None:
-        super().__init__(clock=clock, name=name or "chain")
+        super().__init__(clock=clock, name=name or "chain", enforce=enforce)
         for s in stages:
             if not isinstance(s, Stage):
                 raise TypeError(f"VerifierChain takes stages; got {type(s).__name__} (observers go in observers=)")
@@ -170,7 +154,7 @@ class VerifierChain(Stage[ChainOptions]):
         self.stages: tuple[Stage[Any], ...] = stages
         self.observers: tuple[Observer[Any], ...] = tuple(observers)
         self.clock = clock or SYSTEM_CLOCK
-        self._closed = False
+        _refuse_shadowed_authentication(self)
 
     # -- the stage protocol (when nested) ------------------------------------------------
 
@@ -180,14 +164,18 @@ class VerifierChain(Stage[ChainOptions]):
     # -- the public API ---------------------------------------------------------------------
 
     async def evaluate(self, token: str, *, request: RequestInfo | None = None) -> Decision:
-        """Verify ``token`` and return the full ``Decision`` (with trace). Never raises."""
+        """Verify ``token`` and return the full ``Decision`` (with trace). Never raises.
+
+        A closed chain refuses (503 ``closed``) without calling any stage or observer.
+        """
         started = self.clock.time()
         t0 = perf_counter()
         raw = token if isinstance(token, str) else ""
         v = Verification(raw, now=started, clock=self.clock, request=request or current_request.get())
-        allowed = False
         rejection: Rejected | None = None
         try:
+            if self.closed:
+                raise closed_refusal(self)
             if not raw:
                 raise Rejected("missing_token", "no bearer token was presented")
             if len(raw) > MAX_TOKEN_CHARS:
@@ -195,46 +183,26 @@ class VerifierChain(Stage[ChainOptions]):
             await run_stages(self.stages, v)
             if v.access_token is None:
                 raise Rejected("unauthenticated", "no stage authenticated the token")
-            allowed = True
         except Rejected as r:
             rejection = r
         except Exception as exc:  # a bug in a composite; still a decision, never a crash
             logger.error("verification failed unexpectedly (%s)", type(exc).__name__, exc_info=True)
-            rejection = Rejected(
-                "internal_error",
-                "the authorization service failed",
-                error="temporarily_unavailable",
-                status=503,
-                retry_after=self.retry_after,
-                transient=True,
-            )
-            rejection.stage = self.name
-        rj = rejection
-        decision = Decision._make(
-            (
-                allowed,
-                v.access_token if allowed else None,
-                200 if rj is None else rj.status,
-                None if rj is None else rj.stage,
-                None if rj is None else rj.reason,
-                None if rj is None else rj.error,
-                None if rj is None else rj.description,
-                None if rj is None else rj.retry_after,
-                None if rj is None else rj.scope,
-                tuple(v.trace),
-                tuple(v.failed_open) if v.failed_open else (),
-                v.rate_limit,
-                v.digest[:6].hex() if raw else "",
-                v.request,
-                started,
-                perf_counter() - t0,
-                v.access_token,
-                (),
-                None if rj is None else rj.acr_values,
-                None if rj is None else rj.max_age,
-            )
+            rejection = transient_refusal("internal_error", "the authorization service failed", self, self.retry_after)
+        decision = decide(
+            rejection,
+            access_token=v.access_token,
+            trace=tuple(v.trace),
+            failed_open=tuple(v.failed_open),
+            shadowed=tuple(v.shadowed),
+            rate_limit=v.rate_limit,
+            fingerprint=v.digest[:6].hex() if raw else "",
+            request=v.request,
+            started_at=started,
+            duration=perf_counter() - t0,
         )
         for observer in self.observers:
+            if observer.closed:
+                continue
             try:
                 observer(decision)
             except Exception:
@@ -252,14 +220,18 @@ class VerifierChain(Stage[ChainOptions]):
         return [*self.stages, *self.observers]
 
     async def start(self) -> None:
-        """Open every stage's resources now (pools, key sets) instead of on first use."""
-        await asyncio.gather(*(c.start() for c in self._components()))
+        """Open every stage's resources now (pools, key sets) instead of on first use.
+
+        Never raises because a service is unreachable (each such component is one warning and
+        tries again on first use); a ``ConfigError`` still raises.
+        """
+        await _start_all(self._components())
 
     async def aclose(self) -> None:
-        """Close every stage and observer; failures are logged, the rest still close."""
-        if self._closed:
+        """Close every stage and observer; failures are logged, the rest still close. Then refuse (503)."""
+        if self.closed:
             return
-        self._closed = True
+        self.closed = True
         await _close_all(self._components())
 
     async def __aenter__(self) -> VerifierChain:
@@ -282,32 +254,42 @@ class AnyOf(Stage[ChainOptions]):
     """Alternatives: the first that accepts wins; if all reject, the rejection says why each did.
 
     If none accepts and one failed transiently, the result is transient (503): the
-    alternative that could not be asked might have accepted.
+    alternative that could not be asked might have accepted. An alternative cannot run in shadow
+    mode itself (it would always accept); an AnyOf can, as a whole.
     """
 
     plugin_name: ClassVar[str] = "any-of"
     options_model: ClassVar[type[ComponentOptions]] = ChainOptions
     composite: ClassVar[bool] = True
 
-    def __init__(self, *alternatives: Stage[Any], name: str | None = None, clock: Clock | None = None) -> None:
-        super().__init__(clock=clock, name=name or "any-of")
+    def __init__(
+        self, *alternatives: Stage[Any], name: str | None = None, clock: Clock | None = None, enforce: bool = True
+    ) -> None:
+        super().__init__(clock=clock, name=name or "any-of", enforce=enforce)
         if not alternatives:
             raise ValueError("AnyOf needs at least one alternative")
         for alt in alternatives:
             _refuse_nested_observers(alt)
+            if not alt.enforce:
+                raise ConfigError(
+                    f"alternative {alt.name!r} has enforce = false, so it would always accept: "
+                    "set enforce = false on the any-of instead, or on a stage inside a chain alternative",
+                    stage=self.name,
+                    key="enforce",
+                )
         self.alternatives: tuple[Stage[Any], ...] = alternatives
+        _refuse_shadowed_authentication(self)
 
     async def __call__(self, v: Verification) -> None:
         failures: list[Rejected] = []
         for alt in self.alternatives:
-            saved = (v.access_token, v.rate_limit, len(v.failed_open))
+            saved = v.snapshot()
             try:
                 await run_stage(alt, v)
                 return
             except Rejected as r:
                 failures.append(r)
-                v.access_token, v.rate_limit = saved[0], saved[1]
-                del v.failed_open[saved[2] :]
+                v.restore(saved)  # an alternative not taken leaves nothing behind but its trace
         why = "; ".join(f"{r.stage}: {r.reason}" for r in failures)
         transient = next((r for r in failures if r.transient), None)
         if transient is not None:
@@ -328,12 +310,17 @@ class AnyOf(Stage[ChainOptions]):
                 error=first.error,
                 status=first.status,
                 scope=first.scope,
+                acr_values=first.acr_values,
+                max_age=first.max_age,
             )
         out.stage = self.name
         raise out
 
     async def start(self) -> None:
-        await asyncio.gather(*(a.start() for a in self.alternatives))
+        await _start_all(self.alternatives)
 
     async def aclose(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
         await _close_all(self.alternatives)

@@ -95,7 +95,11 @@ class Component(Generic[OptionsT]):
         """
 
     async def aclose(self) -> None:
-        """Release pools, connections and clients. Safe to call twice."""
+        """Release pools, connections and clients, and mark the component ``closed``. Safe to call twice.
+
+        An override releases its own resources and sets ``self.closed = True`` (or calls this).
+        """
+        self.closed = True
 
     def stats(self) -> dict[str, float]:
         """Gauges for metrics (cache sizes, key-set age, ...). Empty by default."""

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fastapps_auth.chain import AnyOf, VerifierChain
+from fastapps_auth.chain import AnyOf, VerifierChain, authenticates
 from fastapps_auth.clock import Clock
 from fastapps_auth.component import Component
 from fastapps_auth.errors import ConfigError
@@ -117,19 +117,39 @@ def _build_composite(
     use: str, options: dict[str, Any], *, index: str, label: str, clock: Clock | None, env: Mapping[str, str]
 ) -> Stage[Any]:
     children = options.pop("stages", None)
-    unknown = set(options) - {"name"}
+    unknown = set(options) - {"name", "enforce"}
     if unknown:
-        raise ConfigError("unknown option (known options: name, stages)", stage=label, key=sorted(unknown)[0])
+        raise ConfigError("unknown option (known options: enforce, name, stages)", stage=label, key=sorted(unknown)[0])
     if not isinstance(children, list) or not children:
         raise ConfigError("needs a non-empty list of stage tables", stage=label, key="stages")
+    enforce = options.get("enforce", True)
+    if not isinstance(enforce, bool):
+        raise ConfigError(f"must be true or false (got {enforce!r})", stage=label, key="enforce")
     built = [build_component(c, index=f"{index}.stages[{i}]", clock=clock, env=env) for i, c in enumerate(children)]
     stages = [b for b in built if isinstance(b, Stage)]
     if len(stages) != len(built):
         raise ConfigError("observers cannot be nested inside a composite stage", stage=label, key="stages")
     name = options.get("name")
     if use == "any-of":
-        return AnyOf(*stages, name=name, clock=clock)
-    return VerifierChain(*stages, name=name, clock=clock)
+        return AnyOf(*stages, name=name, clock=clock, enforce=enforce)
+    return VerifierChain(*stages, name=name, clock=clock, enforce=enforce)
+
+
+def _require_authentication(stages: list[Stage[Any]]) -> None:
+    """A chain none of whose stages authenticates refuses every token ("unauthenticated"): say so now."""
+    if any(authenticates(s) for s in stages):
+        return
+    names = ", ".join(s.name for s in stages)
+    hint = ""
+    partial = next((s for s in stages if isinstance(s, AnyOf) and any(authenticates(a) for a in s.alternatives)), None)
+    if partial is not None:
+        others = ", ".join(a.name for a in partial.alternatives if not authenticates(a))
+        hint = f"; an any-of authenticates only if every alternative does ({partial.name!r}: {others} does not)"
+    raise ConfigError(
+        f"no stage authenticates the token (stages: {names}), so every request would be refused: "
+        f'add one, e.g. use = "jwt"{hint}',
+        key="stages",
+    )
 
 
 def chain_from_config(
@@ -166,6 +186,7 @@ def chain_from_config(
                 raise ConfigError("plugin is neither a stage nor an observer", stage=_stage_label(f"[{i}]", entry))
         if not stages:
             raise ConfigError("needs at least one stage that verifies tokens", key="stages")
+        _require_authentication(stages)
         name = interpolate(chain_opts.get("name"), environ, key="chain.name") if chain_opts.get("name") else None
         return VerifierChain(*stages, observers=observers, clock=clock, name=name)
     except ConfigError as exc:

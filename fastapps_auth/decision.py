@@ -7,6 +7,7 @@ from typing import Any, Literal, NamedTuple
 
 from mcp.server.auth.provider import AccessToken
 
+from fastapps_auth.errors import Rejected
 from fastapps_auth.request import RequestInfo
 
 #: ``shadow-rejected``: a stage with ``enforce = false`` would have refused; the chain went on.
@@ -117,6 +118,9 @@ class Decision(NamedTuple):
             "scopes": list(at.scopes) if at else None,
             "expires_at": at.expires_at if at else None,
             "failed_open": list(self.failed_open),
+            "shadowed": [list(entry) for entry in self.shadowed],
+            "acr_values": self.acr_values,
+            "max_age": self.max_age,
             "rate_limit": None
             if self.rate_limit is None
             else {
@@ -134,4 +138,51 @@ def _token_repr(at: AccessToken) -> str:
     return (
         f"AccessToken(subject={at.subject!r}, client_id={at.client_id!r}, scopes={at.scopes!r}, "
         f"expires_at={at.expires_at!r}, resource={at.resource!r})"
+    )
+
+
+def decide(
+    rejection: Rejected | None,
+    *,
+    access_token: AccessToken | None,
+    trace: tuple[StageTrace, ...],
+    failed_open: tuple[str, ...] = (),
+    shadowed: tuple[tuple[str, str], ...] = (),
+    rate_limit: RateLimitInfo | None = None,
+    fingerprint: str = "",
+    request: RequestInfo | None = None,
+    started_at: float = 0.0,
+    duration: float = 0.0,
+) -> Decision:
+    """The ``Decision`` of a verification: allowed when there is no ``rejection``, else refused as it says.
+
+    ``access_token`` is the token as authenticated: it is granted only when allowed, and kept as the
+    ``principal`` either way (who was refused, for audit).
+    """
+    common: dict[str, Any] = {
+        "trace": trace,
+        "failed_open": failed_open,
+        "shadowed": shadowed,
+        "rate_limit": rate_limit,
+        "fingerprint": fingerprint,
+        "request": request,
+        "started_at": started_at,
+        "duration": duration,
+        "principal": access_token,
+    }
+    if rejection is None:
+        return Decision(allowed=True, access_token=access_token, status=200, **common)
+    return Decision(
+        allowed=False,
+        access_token=None,
+        status=rejection.status,
+        stage=rejection.stage,
+        reason=rejection.reason,
+        error=rejection.error,
+        description=rejection.description,
+        retry_after=rejection.retry_after,
+        scope=rejection.scope,
+        acr_values=rejection.acr_values,
+        max_age=rejection.max_age,
+        **common,
     )

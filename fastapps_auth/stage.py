@@ -2,13 +2,13 @@
 
 A stage receives the ``Verification`` so far and either returns (passing it on,
 perhaps enriched) or raises ``Rejected``. Any other exception is a transient
-failure; the chain undoes the stage's change to the ``AccessToken`` and applies its
+failure; the chain undoes the stage's changes (``Verification.restore``) and applies its
 ``on_error`` policy. Cancellation and interrupts are never caught.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from mcp.server.auth.provider import AccessToken
 from pydantic import Field
@@ -35,6 +35,21 @@ class StageOptions(ComponentOptions):
     )
 
 
+class Snapshot(NamedTuple):
+    """What a stage may change in a ``Verification``, as it was before the stage ran.
+
+    The ``AccessToken`` (replaced when enriched), the rate-limit state, and how many entries
+    ``failed_open`` and ``shadowed`` had (a composite stage's inner stages append to them).
+    ``token``, ``request``, ``now`` and ``clock`` are never a stage's to change; ``trace`` and
+    ``cache_hit`` record what ran and stay.
+    """
+
+    access_token: AccessToken | None
+    rate_limit: RateLimitInfo | None
+    failed_open: int
+    shadowed: int
+
+
 class Verification:
     """The state of one verification as it moves through the stages."""
 
@@ -47,6 +62,7 @@ class Verification:
         "now",
         "rate_limit",
         "request",
+        "shadowed",
         "token",
         "trace",
     )
@@ -64,7 +80,20 @@ class Verification:
         self.rate_limit: RateLimitInfo | None = None
         self.trace: list[StageTrace] = []
         self.failed_open: list[str] = []
+        #: (stage, reason) of each rejection a stage with ``enforce = false`` would have made.
+        self.shadowed: list[tuple[str, str]] = []
         self._digest: bytes | None = None
+
+    def snapshot(self) -> Snapshot:
+        """What a stage may change, to ``restore`` if it fails, does not enforce, or was an alternative not taken."""
+        return Snapshot(self.access_token, self.rate_limit, len(self.failed_open), len(self.shadowed))
+
+    def restore(self, saved: Snapshot) -> None:
+        """Undo every change made since ``saved`` was taken (the trace keeps its entries)."""
+        self.access_token = saved.access_token
+        self.rate_limit = saved.rate_limit
+        del self.failed_open[saved.failed_open :]
+        del self.shadowed[saved.shadowed :]
 
     @property
     def digest(self) -> bytes:
@@ -94,11 +123,19 @@ class Stage(Component[OptionsT]):
         super().__init__(options, clock=clock, **kwargs)
         self.on_error: OnError = getattr(self.options, "on_error", "deny")
         self.retry_after: float = float(getattr(self.options, "retry_after", 5.0))
+        #: False: shadow mode (the chain records what this stage would refuse and goes on).
+        self.enforce: bool = bool(getattr(self.options, "enforce", True))
         if self.authenticates and self.on_error == "allow":
             raise ConfigError(
                 "a stage that authenticates cannot fail open: there would be no verified token",
                 stage=self.name,
                 key="on_error",
+            )
+        if self.authenticates and not self.enforce:
+            raise ConfigError(
+                "a stage that authenticates cannot run in shadow mode: there would be no verified token",
+                stage=self.name,
+                key="enforce",
             )
 
     def bind_resource(self, resource_url: str) -> None:

@@ -27,18 +27,8 @@ from fastapps_auth import (
 )
 from fastapps_auth.chain import MAX_TOKEN_CHARS
 from fastapps_auth.component import ComponentOptions
+from tests.support.observers import Recorder
 from tests.support.stages import Counts, Fails, TokenIsSubject
-
-
-class Recorder(Observer[ComponentOptions]):
-    plugin_name = "recorder"
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.decisions: list[Decision] = []
-
-    def __call__(self, decision: Decision) -> None:
-        self.decisions.append(decision)
 
 
 class Broken(Observer[ComponentOptions]):

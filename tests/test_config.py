@@ -164,3 +164,61 @@ def test_interpolation_escapes_and_defaults() -> None:
 @given(st.text(alphabet=st.characters(blacklist_characters="$"), max_size=50))
 def test_interpolation_leaves_plain_text_alone(text: str) -> None:
     assert interpolate(text, {}) == text
+
+
+# -- a chain must be able to allow something ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("stages", "listed"),
+    [
+        ('[[stages]]\nuse = "rate-limit"\nlimit = 10\nwindow = 60\n', "rate-limit"),
+        ('[[stages]]\nuse = "user-status"\ndsn = "sqlite:///users.db"\n', "user-status"),
+        (
+            '[[stages]]\nuse = "roles"\n[stages.scopes]\nadmin = ["x"]\n\n'
+            '[[stages]]\nuse = "scopes"\nrequired = ["x"]\n',
+            "roles, scopes",
+        ),
+    ],
+    ids=["only-rate-limit", "only-user-status", "roles-and-scopes"],
+)
+def test_a_chain_without_an_authenticating_stage_is_an_error_naming_the_file(
+    tmp_path: Path, stages: str, listed: str
+) -> None:
+    path = write(tmp_path, stages)
+    with pytest.raises(ConfigError) as err:
+        chain_from_config(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: key 'stages': no stage authenticates the token (stages: {listed})")
+    assert 'use = "jwt"' in message
+
+
+def test_an_any_of_authenticates_only_if_every_alternative_does() -> None:
+    """``AnyOf(ip-check, jwt)`` passes on the first alternative without any token being authenticated."""
+    partial = {
+        "stages": [
+            {"use": "any-of", "name": "either", "stages": [{"use": "counts"}, {"use": "token-is-subject"}]},
+        ]
+    }
+    with pytest.raises(ConfigError, match="every alternative does \\('either': counts does not\\)"):
+        chain_from_config(partial)
+    whole = {
+        "stages": [
+            {"use": "any-of", "stages": [{"use": "token-is-subject", "name": "a"}, {"use": "token-is-subject"}]},
+        ]
+    }
+    assert isinstance(chain_from_config(whole).stages[0], AnyOf)
+    # the same partial any-of is fine when another stage authenticates
+    chain_from_config({"stages": [{"use": "token-is-subject", "name": "first"}, *partial["stages"]]})
+
+
+def test_a_nested_chain_that_authenticates_counts() -> None:
+    chain = chain_from_config(
+        {
+            "stages": [
+                {"use": "counts"},
+                {"use": "chain", "stages": [{"use": "counts", "name": "c"}, {"use": "token-is-subject"}]},
+            ]
+        }
+    )
+    assert len(chain.stages) == 2

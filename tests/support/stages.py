@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
 from pydantic import Field
 
-from fastapps_auth import AccessToken, Rejected, Stage, StageOptions, Verification, registry
+from fastapps_auth import (
+    AccessToken,
+    ConfigError,
+    RateLimitInfo,
+    Rejected,
+    Stage,
+    StageOptions,
+    Verification,
+    registry,
+)
 from fastapps_auth.component import ComponentOptions
 
 
@@ -112,3 +122,64 @@ def registered(*classes: type[Stage[Any]]) -> Iterator[None]:
     finally:
         for cls in classes:
             registry.unregister(cls.plugin_name)
+
+
+class ProbesOptions(StageOptions):
+    probe: str = Field(default="ok", description="What probe() does: ok, fail, hang.")
+    start: str = Field(default="ok", description="What start() does: ok, fail, config.")
+
+
+class Probes(Stage[ProbesOptions]):
+    """Passes; its ``probe()`` succeeds, fails or never answers, and its ``start()`` succeeds or fails, as told."""
+
+    plugin_name: ClassVar[str] = "probes"
+    options_model: ClassVar[type[ComponentOptions]] = ProbesOptions
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.probed = 0
+        self.started = 0
+        self.cancelled = False
+
+    async def __call__(self, v: Verification) -> None:
+        return None
+
+    async def start(self) -> None:
+        self.started += 1
+        if self.options.start == "fail":
+            raise ConnectionError(f"{self.name}: cannot reach 127.0.0.1:1")
+        if self.options.start == "config":
+            raise ConfigError("the service says this option is wrong", stage=self.name, key="start")
+
+    async def probe(self) -> None:
+        self.probed += 1
+        if self.options.probe == "fail":
+            raise ConnectionError(f"{self.name}: cannot reach 127.0.0.1:1\n(a second line that is not shown)")
+        if self.options.probe == "hang":
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                self.cancelled = True
+                raise
+
+
+class EnrichesOptions(StageOptions):
+    scope: str = Field(default="granted", description="The scope added to the token.")
+    then: str = Field(default="pass", description="After enriching: pass, reject, fail.")
+
+
+class Enriches(Stage[EnrichesOptions]):
+    """Adds a scope to the AccessToken and sets rate-limit info, then passes, rejects or fails."""
+
+    plugin_name: ClassVar[str] = "enriches"
+    options_model: ClassVar[type[ComponentOptions]] = EnrichesOptions
+
+    async def __call__(self, v: Verification) -> None:
+        at = v.access_token
+        assert at is not None
+        v.access_token = at.model_copy(update={"scopes": [*at.scopes, self.options.scope]})
+        v.rate_limit = RateLimitInfo(10, 0, 1.0, 60.0)
+        if self.options.then == "reject":
+            raise Rejected("not_now", "refused after enriching", status=403)
+        if self.options.then == "fail":
+            raise ConnectionError("down after enriching")
