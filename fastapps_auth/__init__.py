@@ -2,7 +2,8 @@
 
 Layers (imports flow one way, top to bottom):
 ``integrations`` → ``chain``/``config``/``registry``/``cli`` → ``stages`` → ``backends`` →
-core types (``errors``, ``clock``, ``decision``, ``request``, ``component``, ``stage``, ``observer``, ``keys``).
+core types (``errors``, ``clock``, ``decision``, ``request``, ``component``, ``stage``, ``runner``, ``observer``,
+``keys``, ``scope_policy``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from fastapps_auth.errors import ConfigError, PluginError, Rejected, TransientEr
 from fastapps_auth.fingerprint import fingerprint
 from fastapps_auth.observer import Observer
 from fastapps_auth.request import RequestInfo, request_context
+from fastapps_auth.scope_policy import ScopePolicy
 from fastapps_auth.stage import Stage, StageOptions, Verification
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "RateLimitInfo",
     "Rejected",
     "RequestInfo",
+    "ScopePolicy",
     "Stage",
     "StageOptions",
     "StageTrace",

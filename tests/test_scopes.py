@@ -12,7 +12,7 @@ from fastapps_auth import AccessToken, ConfigError, ManualClock, Rejected, Reque
 from fastapps_auth.chain import run_stage
 from fastapps_auth.config import chain_from_config
 from fastapps_auth.stages.scopes import ScopesStage
-from tests.support.stages import StaticAuth
+from tests.support.stages import StaticAuth, registered
 
 
 def verification(scopes: list[str], tool: str | None = None) -> Verification:
@@ -60,11 +60,28 @@ async def test_unknown_tools_can_be_denied() -> None:
     assert info.value.status == 403
 
 
-async def test_base_requirement_is_checked_before_the_tool() -> None:
-    stage = ScopesStage(required=["mcp"], tools={"t": ["x"]})
+async def test_base_requirement_is_checked_before_the_tool_and_the_403_names_all_the_call_needs() -> None:
+    stage = ScopesStage(required=["mcp"], tools={"t": ["x", "y"]})
     with pytest.raises(Rejected) as info:
         await stage(verification(["x"], tool="t"))
-    assert info.value.scope == "mcp"
+    r = info.value
+    assert (r.reason, r.scope, r.description) == (
+        "insufficient_scope",
+        "mcp x y",
+        "the token lacks the required scope: mcp",
+    )
+
+
+async def test_a_tool_rule_403_names_the_required_scopes_too_so_one_reauthorization_is_enough() -> None:
+    stage = ScopesStage(required=["mcp", "files"], tools={"delete": ["files:delete", "mcp"]})
+    with pytest.raises(Rejected) as info:
+        await stage(verification(["mcp", "files"], tool="delete"))
+    r = info.value
+    assert (r.reason, r.scope) == ("insufficient_tool_scope", "mcp files files:delete")
+    assert r.description == "the token lacks the required scope: files:delete"
+    with pytest.raises(Rejected) as base_only:
+        await stage(verification(["mcp"]))  # not a tools/call: only `required`
+    assert base_only.value.scope == "files"
 
 
 async def test_reads_the_request_context_through_the_chain() -> None:
@@ -101,8 +118,16 @@ def test_bad_options_name_the_key(options: dict[str, Any], key: str) -> None:
 
 
 def test_built_from_config_by_plugin_name() -> None:
-    chain = chain_from_config({"stages": [{"use": "scopes", "required": ["a"], "tools": {"t": ["b"]}, "mode": "any"}]})
-    (stage,) = chain.stages
+    with registered(StaticAuth):
+        chain = chain_from_config(
+            {
+                "stages": [
+                    {"use": "static-auth"},
+                    {"use": "scopes", "required": ["a"], "tools": {"t": ["b"], "u": {"scopes": ["c"]}}, "mode": "any"},
+                ]
+            }
+        )
+    _, stage = chain.stages
     assert isinstance(stage, ScopesStage)
 
 
