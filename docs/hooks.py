@@ -13,7 +13,7 @@ from typing import Any
 from mkdocs.exceptions import PluginError as MkDocsPluginError
 from pydantic import BaseModel
 
-from fastapps_auth.options_info import COMPUTED, OptionInfo, options_of
+from fastapps_auth.cli.options_info import COMPUTED, OptionInfo, options_of
 
 MARKER = re.compile(r"^[ \t]*<!--\s*options:\s*([A-Za-z0-9_.:-]+)\s*-->[ \t]*$", re.MULTILINE)
 

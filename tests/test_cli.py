@@ -346,7 +346,7 @@ def test_control_characters_from_a_token_cannot_drive_the_terminal(runner: CliRu
         (["verify", GOOD], "--config"),
         (["verify", "--config", "CONFIG", "--now", "soon", GOOD], "--now"),
         (["no-such-command"], "no-such-command"),
-        (["check"], "Missing argument 'config'"),
+        (["check"], "Missing argument 'CONFIG'"),
     ],
 )
 def test_usage_errors_are_one_line_too(
