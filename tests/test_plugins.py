@@ -205,7 +205,11 @@ def test_cli_plugins_lists_the_plugin_and_reports_the_broken_one() -> None:
 
 @pytest.mark.usefixtures("installed_plugins")
 def test_cli_check_with_the_plugin(tmp_path: Path) -> None:
-    ok = toml(tmp_path, '[[stages]]\nuse = "ip-allowlist"\nnetworks = ["127.0.0.1"]\n')
+    jwt = (
+        '[[stages]]\nuse = "jwt"\nissuer_url = "https://issuer.example"\naudience = "api"\n'
+        'hs_secret = "a-test-secret-of-at-least-32-bytes!!"\nalgorithms = ["HS256"]\n\n'
+    )
+    ok = toml(tmp_path, jwt + '[[stages]]\nuse = "ip-allowlist"\nnetworks = ["127.0.0.1"]\n')
     result = run_cli("check", str(ok))
     assert result.returncode == 0, result.stderr
     assert "ip-allowlist" in result.stdout

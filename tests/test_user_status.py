@@ -22,6 +22,7 @@ from fastapps_auth import (
 from fastapps_auth.backends.sqlite import SqliteUserStore, create_demo_database, sqlite_path, to_sqlite_placeholders
 from fastapps_auth.backends.users import StoreUnavailable, check_query
 from fastapps_auth.stages.user_status import MAX_KEY_CHARS, UserStatusStage, verdict
+from tests.support.stages import registered
 from tests.support.user_status import TokenUser, UserStatusChains
 
 # -- users shared with the PostgreSQL tests ----------------------------------------------------------
@@ -473,10 +474,12 @@ def test_dsn_is_not_echoed_in_errors() -> None:
 async def test_built_from_config_with_default_dsn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     make_sqlite(tmp_path / "users.db")
     monkeypatch.chdir(tmp_path)
-    chain = chain_from_config(
-        {"stages": [{"use": "user-status", "dsn": "${DATABASE_URL:-sqlite:///users.db}"}]}, env={}
-    )
-    (stage,) = chain.stages
+    with registered(TokenUser):  # a chain needs a stage that authenticates
+        chain = chain_from_config(
+            {"stages": [{"use": "token-user"}, {"use": "user-status", "dsn": "${DATABASE_URL:-sqlite:///users.db}"}]},
+            env={},
+        )
+    _, stage = chain.stages
     assert isinstance(stage, UserStatusStage)
     full = VerifierChain(TokenUser(), stage)
     assert (await full.evaluate("user:alice")).allowed
