@@ -12,7 +12,6 @@ directory, and a scrape of any worker returns the totals of all. prometheus-clie
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -146,7 +145,7 @@ class MetricsObserver(Observer[MetricsOptions]):
         if self._total is not None:
             self._total.observe(decision.duration)
         if m.gauges.multiprocess:
-            now = time.monotonic()
+            now = self.clock.monotonic()
             if now >= self._next_publish:
                 self._next_publish = now + self._interval
                 m.gauges.publish()
