@@ -271,7 +271,7 @@ def report(
                     "label": f"observers: {v}, share of a protected request's CPU",
                     "ratio": 1 / (1 + share),
                     "target": 1 / (1 + TARGET_SHARE) if v in AUDITS else None,
-                    "note": f"{own:.1f} µs of a {base:.0f} µs request ({share:.2%}; target <= 2% for audit)",
+                    "note": f"{own:.1f} µs of a {base:.0f} µs request ({share:.2%})",
                 }
             )
     requests_md = table(

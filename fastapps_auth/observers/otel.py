@@ -14,6 +14,7 @@ next to nothing.
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
@@ -46,6 +47,14 @@ class OTelOptions(ComponentOptions):
         description="spans: a child span per stage (its outcome, cache hit, timing); "
         "events: one event per stage on the decision's span instead (fewer spans to export).",
     )
+
+
+def _version() -> str | None:
+    """This distribution's version, the tracer's instrumentation-scope version."""
+    try:
+        return version("fastapps-auth")
+    except PackageNotFoundError:
+        return None
 
 
 def _text(value: str) -> str:
@@ -136,10 +145,8 @@ class OTelObserver(Observer[OTelOptions]):
             raise ConfigError(
                 "the otel observer needs opentelemetry-api: pip install 'fastapps-auth[otel]'", stage=self.name
             ) from None
-        from fastapps_auth import __version__
-
         self._trace = trace
-        self._tracer = trace.get_tracer(self.options.tracer, __version__, tracer_provider=tracer_provider)
+        self._tracer = trace.get_tracer(self.options.tracer, _version(), tracer_provider=tracer_provider)
         self._spans = self.options.per_stage == "spans"
 
     def __call__(self, decision: Decision) -> None:
