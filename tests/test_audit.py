@@ -7,7 +7,6 @@ import json
 import logging
 import random
 import sys
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -34,7 +33,10 @@ from fastapps_auth import (
     request_context,
 )
 from fastapps_auth.clock import ManualClock
-from fastapps_auth.stages.audit import EVENT, AuditObserver
+from fastapps_auth.decision import StageTrace
+from fastapps_auth.observers import render
+from fastapps_auth.observers.audit import EVENT, AuditObserver
+from fastapps_auth.observers.sinks import StreamSink
 
 LOGGER = "fastapps_auth.audit"
 TOKENS = {
@@ -207,7 +209,7 @@ async def test_sampling_drops_only_allowed_decisions_at_the_configured_rate(logs
 
 @pytest.mark.parametrize("rate", [0.01, 0.25, 0.9])
 def test_sampling_keeps_the_configured_fraction_of_allowed_decisions(rate: float) -> None:
-    """Skipping a geometric number of decisions is Bernoulli sampling: the kept share converges to the rate."""
+    """One ``random() < rate`` per allowed decision: the kept share converges to the rate."""
     log = logging.getLogger("fastapps_auth.audit.sampling-test")
     log.setLevel(logging.INFO)
     log.propagate = False
@@ -362,27 +364,90 @@ def test_timestamp_formatting_matches_datetime(epoch: float) -> None:
     assert audit.event(Decision(False, None, started_at=epoch))["timestamp"] == expected  # cached prefix path
 
 
-def test_records_from_the_template_format_like_logger_made_ones() -> None:
-    import os
+def test_each_record_is_made_by_logging_with_its_own_fields(logs: pytest.LogCaptureFixture) -> None:
+    """No record is cloned: a record-factory hook (OpenTelemetry's trace ids) and the thread are each record's own."""
+    import asyncio
+    import contextvars
     import threading
 
-    from fastapps_auth.backends.audit_sink import RecordFactory
+    request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+    original = logging.getLogRecordFactory()
 
-    logger = logging.getLogger("fastapps_auth.audit.template-test")
-    factory = RecordFactory(logger)
-    fmt = logging.Formatter("%(name)s %(levelname)s %(process)d %(thread)d %(message)s")
-    for level in (logging.INFO, logging.WARNING, logging.INFO):
-        record = factory.make(level, "hello")
-        assert fmt.format(record) == (
-            f"{logger.name} {logging.getLevelName(level)} {os.getpid()} {threading.get_ident()} hello"
-        )
-        assert abs(record.created - time.time()) < 5
-        assert 0 <= record.msecs < 1000
-    seen: list[int] = []
-    worker = threading.Thread(target=lambda: seen.append(factory.make(logging.INFO, "x").thread or 0))
-    worker.start()
-    worker.join()
-    assert seen == [worker.ident]
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = original(*args, **kwargs)
+        record.request_id = request_id.get()
+        return record
+
+    chain = VerifierChain(TableAuth(), observers=[AuditObserver()])
+
+    async def one(rid: str) -> None:
+        request_id.set(rid)
+        await chain.evaluate(ALICE)
+
+    async def requests() -> None:
+        await asyncio.gather(one("r1"), one("r2"))
+        await one("r3")
+
+    logging.setLogRecordFactory(factory)
+    try:
+        asyncio.run(requests())
+        worker = threading.Thread(target=lambda: asyncio.run(one("r4")))
+        worker.start()
+        worker.join()
+    finally:
+        logging.setLogRecordFactory(original)
+    records = [r for r in logs.records if r.name == LOGGER]
+    assert [r.__dict__["request_id"] for r in records] == ["r1", "r2", "r3", "r4"]
+    assert [r.thread for r in records] == [threading.get_ident()] * 3 + [worker.ident]
+    assert records[0].created <= records[2].created <= records[3].created
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="LogRecord.taskName is new in Python 3.12")
+def test_each_record_carries_its_own_task_name(logs: pytest.LogCaptureFixture) -> None:
+    import asyncio
+
+    chain = VerifierChain(TableAuth(), observers=[AuditObserver()])
+
+    async def requests() -> None:
+        await asyncio.create_task(chain.evaluate(ALICE), name="first")
+        await asyncio.create_task(chain.evaluate(BOB), name="second")
+
+    asyncio.run(requests())
+    assert [r.__dict__["taskName"] for r in logs.records if r.name == LOGGER] == ["first", "second"]
+
+
+def test_shadowed_rejections_are_in_the_event_and_never_sampled_out(logs: pytest.LogCaptureFixture) -> None:
+    audit = AuditObserver(sample_allowed=0.0)
+    shadowed = Decision(
+        True,
+        None,
+        trace=(
+            StageTrace("jwt", "passed", 0.001),
+            StageTrace("rate-limit", "shadow-rejected", 0.002, reason="rate_limited"),
+        ),
+        shadowed=(("rate-limit", "rate_limited"),),
+        fingerprint="0123456789ab",
+    )
+    audit(shadowed)
+    audit(Decision(True, None))  # a clean allow: sampled out at 0.0
+    [record] = [r for r in logs.records if r.name == LOGGER]
+    assert record.levelno == logging.WARNING
+    event = json.loads(record.getMessage())
+    assert event["outcome"] == "allowed"
+    assert event["shadowed"] == [{"stage": "rate-limit", "reason": "rate_limited"}]
+    assert [t["outcome"] for t in event["trace"]] == ["passed", "shadow-rejected"]
+    assert audit.stats() == {"logged": 1.0, "sampled_out": 1.0}
+
+
+def test_the_old_import_paths_keep_working() -> None:
+    from fastapps_auth.backends import audit_sink
+    from fastapps_auth.observers import audit, sinks
+    from fastapps_auth.stages import audit as old
+
+    assert old.AuditObserver is audit.AuditObserver
+    assert old.EVENT == EVENT
+    assert audit_sink.StreamSink is sinks.StreamSink
+    assert registry.load("audit") is AuditObserver
 
 
 # -- the stdout / stderr / file sinks ---------------------------------------------------------------
@@ -416,8 +481,6 @@ async def test_file_sink_buffers_lines_and_writes_them_all_on_close(tmp_path: An
 async def test_file_sink_schedules_one_flush_on_the_event_loop(tmp_path: Any) -> None:
     import asyncio
 
-    from fastapps_auth.backends.audit_sink import StreamSink
-
     path = tmp_path / "audit.jsonl"
     sink = StreamSink("file", path=str(path), flush_interval=0.5)
     loop = asyncio.get_running_loop()
@@ -433,8 +496,6 @@ async def test_file_sink_schedules_one_flush_on_the_event_loop(tmp_path: Any) ->
 
 
 async def test_file_sink_writes_when_the_buffer_is_full_or_the_interval_is_zero(tmp_path: Any) -> None:
-    from fastapps_auth.backends.audit_sink import StreamSink
-
     full = StreamSink("file", path=str(tmp_path / "full.jsonl"), flush_interval=60, max_buffer=3)
     for i in range(4):
         full.write(b"%d\n" % i)
@@ -448,8 +509,6 @@ async def test_file_sink_writes_when_the_buffer_is_full_or_the_interval_is_zero(
 
 
 def test_without_an_event_loop_lines_are_written_at_once(tmp_path: Any) -> None:
-    from fastapps_auth.backends.audit_sink import StreamSink
-
     sink = StreamSink("file", path=str(tmp_path / "sync.jsonl"), flush_interval=5)
     sink.write(b"x\n")
     assert (tmp_path / "sync.jsonl").read_text() == "x\n"
@@ -518,16 +577,11 @@ async def test_file_sink_with_the_logfmt_renderer(tmp_path: Any) -> None:
     assert "outcome='rejected'" in lines[1]
 
 
-def test_the_stdlib_encoder_fallback_renders_the_same_json_as_orjson() -> None:
-    from fastapps_auth.stages import audit as audit_module
-
+def test_the_stdlib_fallback_renders_the_same_json_as_orjson() -> None:
     event = {"event": EVENT, "n": 1.5, "none": None, "text": 'é\n"', "items": [1, "a"], "odd": object()}
-    stdlib_text, stdlib_line = audit_module._stdlib_encoders()
-    fast_text, fast_line = audit_module._json_text, audit_module._json_line
-    assert json.loads(stdlib_text(event)) == json.loads(fast_text(event))
-    assert stdlib_line(event).endswith(b"\n")
-    assert json.loads(stdlib_line(event)) == json.loads(fast_line(event))
-    assert fast_line(event) == fast_text(event).encode() + b"\n"
+    assert json.loads(render.ascii_json(event)) == json.loads(render.json_text(event))
+    assert render.ascii_json(event).isascii()
+    assert render.json_line(event) == render.json_text(event).encode() + b"\n"
 
 
 def _nested(depth: int) -> Any:
@@ -548,10 +602,8 @@ def _nested(depth: int) -> Any:
     ids=["lone-surrogate", "big-int", "deep", "too-deep"],
 )
 def test_what_orjson_refuses_is_still_rendered(value: Any, renders_as: Any) -> None:
-    from fastapps_auth.stages.audit import _json_line, _json_text
-
     event = {"event": EVENT, "tool": "search", "claims": {"x": value}}
-    for rendered in (_json_text(event), _json_line(event).decode()):
+    for rendered in (render.json_text(event), render.json_line(event).decode()):
         parsed = json.loads(rendered)
         assert parsed["event"] == EVENT
         assert parsed["tool"] == "search"

@@ -23,7 +23,7 @@ from fastapps_auth import (
     chain_from_config,
 )
 from fastapps_auth import registry as plugin_registry
-from fastapps_auth.stages.metrics import OVERFLOW, MetricsObserver, metrics_app, metrics_route, render_metrics
+from fastapps_auth.observers.metrics import OVERFLOW, MetricsObserver, metrics_app, metrics_route, render_metrics
 
 GOOD, BANNED = "good-token-0123456789abcdefghij", "banned-token-0123456789abcdefgh"
 
@@ -129,11 +129,11 @@ async def test_label_sets_are_bounded() -> None:
         await chain.evaluate(GOOD)
     reg = metrics.registry
     samples = [s for m in reg.collect() if m.name == "fastapps_auth_decisions" for s in m.samples]
-    counted = [s for s in samples if s.name == "fastapps_auth_decisions_total"]
+    counted = [s for s in samples if s.name == "fastapps_auth_decisions_total" and s.labels["outcome"] == "rejected"]
     assert len(counted) == 11  # ten distinct reasons, then everything else under "other"
     assert sum(s.value for s in counted) == 50
     assert value(reg, "fastapps_auth_decisions_total", stage="chatty", outcome="rejected", reason=OVERFLOW) == 40
-    assert metrics.stats()["label_sets"] <= 11
+    assert metrics.stats()["label_sets"] <= 12  # and the allowed decisions' own
 
 
 async def test_stats_gauges_come_from_the_attached_chain() -> None:
@@ -256,3 +256,35 @@ def test_a_prefix_taken_by_another_collector_is_a_config_error() -> None:
     with pytest.raises(ConfigError) as info:
         MetricsObserver(prefix="fa_test_taken")
     assert info.value.location.key == "prefix"
+
+
+def test_shadowed_rejections_are_counted_beside_the_decision() -> None:
+    metrics = MetricsObserver(registry="private")
+    trace = (StageTrace("auth", "passed", 0.001), StageTrace("rate-limit", "shadow-rejected", 0.002))
+    shadowed = (("rate-limit", "rate_limited"),)
+    metrics(Decision(True, None, trace=trace, shadowed=shadowed))
+    metrics(Decision(True, None, trace=trace, shadowed=shadowed))
+    both = (("rate-limit", "rate_limited"), ("scopes", "insufficient_scope"))
+    metrics(Decision(False, None, status=403, stage="ban", reason="user_banned", shadowed=both))
+    reg, total = metrics.registry, "fastapps_auth_decisions_total"
+    assert value(reg, total, stage="", outcome="allowed", reason="") == 2  # each decision once, by its own outcome
+    assert value(reg, total, stage="ban", outcome="rejected", reason="user_banned") == 1
+    assert value(reg, total, stage="rate-limit", outcome="shadow_rejected", reason="rate_limited") == 3
+    assert value(reg, total, stage="scopes", outcome="shadow_rejected", reason="insufficient_scope") == 1
+    assert value(reg, "fastapps_auth_stage_seconds_count", stage="rate-limit") == 2
+
+
+def test_the_old_import_path_keeps_working() -> None:
+    from fastapps_auth.observers import metrics as new
+    from fastapps_auth.stages import metrics as old
+
+    assert old.MetricsObserver is new.MetricsObserver
+    assert old.metrics_app is new.metrics_app
+    assert plugin_registry.load("metrics") is MetricsObserver
+
+
+def test_a_private_registry_is_refused_in_multiprocess_mode(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    with pytest.raises(ConfigError) as info:
+        MetricsObserver(registry="private")
+    assert info.value.location.key == "registry"
