@@ -164,7 +164,11 @@ class TokenStore:
 
     def record_access(self, family: str, jti: str, exp: float) -> None:
         with self._lock:
-            self._family(family, exp).access[jti] = exp
+            access = self._family(family, exp).access
+            now = self.clock.time()
+            for old in [j for j, e in access.items() if e <= now]:  # expired anyway: nothing left to revoke
+                del access[old]
+            access[jti] = exp
 
     def put_opaque(self, token: str, claims: dict[str, Any]) -> None:
         exp = claims.get("exp")
