@@ -64,7 +64,9 @@ def test_a_scenario_that_misses_its_expectation_fails_the_demo(capsys: pytest.Ca
     assert re.search(r"banned user let through\?\s+│\s+401 │ user-status", out)
 
 
-def test_a_sign_in_that_fails_fails_the_demo(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_sign_in_that_fails_fails_the_demo(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setattr(oauth, "OAUTH_USER", "mallory")  # not a user of the dev issuer's login page
     assert demo.run(bearer=[], oauth=True) == 1
     out = capsys.readouterr().out
