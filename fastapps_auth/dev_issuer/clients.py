@@ -186,20 +186,6 @@ class ClientRegistry:
         with self._lock:
             return list(self._clients.values())
 
-    def configure(
-        self,
-        client_id: str,
-        secret: str | None = None,
-        scopes: Iterable[str] | None = None,
-        *,
-        redirect_uris: Iterable[str] = (),
-        grant_types: Iterable[str] | None = None,
-    ) -> Client:
-        """Add a ``configured_client``."""
-        return self.add(
-            configured_client(client_id, secret, scopes, redirect_uris=redirect_uris, grant_types=grant_types)
-        )
-
     def register(self, client: Client) -> Client:
         """Add a client made by ``registration.client_from_metadata`` and tell ``on_change``."""
         added = self.add(replace(client, registered=True))

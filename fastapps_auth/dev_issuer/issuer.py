@@ -11,7 +11,7 @@ from joserfc import jws, jwt
 from joserfc.errors import JoseError
 
 from fastapps_auth.clock import SYSTEM_CLOCK, Clock
-from fastapps_auth.dev_issuer.clients import AUTH_METHODS, GRANT_TYPES, Client, ClientRegistry
+from fastapps_auth.dev_issuer.clients import AUTH_METHODS, GRANT_TYPES, Client, ClientRegistry, configured_client
 from fastapps_auth.dev_issuer.keystore import KeyStore
 from fastapps_auth.dev_issuer.registration import MetadataDocuments, is_metadata_url
 from fastapps_auth.dev_issuer.tokens import TokenStore
@@ -297,8 +297,10 @@ class DevIssuer:
         redirect_uris: Iterable[str] = (),
         grant_types: Iterable[str] | None = None,
     ) -> Client:
-        """Configure a confidential client (a random secret when none is given); see ``ClientRegistry.configure``."""
-        return self.registry.configure(client_id, secret, scopes, redirect_uris=redirect_uris, grant_types=grant_types)
+        """Configure a confidential client (a random secret when none is given; see ``configured_client``)."""
+        return self.registry.add(
+            configured_client(client_id, secret, scopes, redirect_uris=redirect_uris, grant_types=grant_types)
+        )
 
     def authenticate_client(self, client_id: str, secret: str) -> Client | None:
         return self.registry.authenticate(client_id, secret)
