@@ -134,17 +134,20 @@ def authorization_code(issuer: DevIssuer, client: Client, params: Params) -> dic
 def refresh_token(issuer: DevIssuer, client: Client, params: Params) -> dict[str, Any]:
     """RFC 6749 §6 with rotation: each refresh token works once, and a reused one revokes its family."""
     token = _required(params, "refresh_token")
+    spent = OAuthError("invalid_grant", "the refresh token is unknown, expired, revoked or already used")
     record = issuer.tokens.refresh_record(token)
-    if record is not None and record.login.client_id != client.client_id:
+    if record is None:
+        issuer.tokens.use_refresh(token)  # presenting a used one revokes its family
+        raise spent
+    if record.login.client_id != client.client_id:
         raise OAuthError("invalid_grant", "the refresh token was issued to another client")
-    granted = record.login.scopes if record is not None else ()
-    scopes = _scopes(params)
-    if scopes is not None and set(scopes) - set(granted):
+    scopes = _scopes(params)  # checked before the token is spent, so a bad request does not cost it
+    if scopes is not None and set(scopes) - set(record.login.scopes):
         raise OAuthError("invalid_scope", "a refresh cannot add scopes to the authorization")
-    targets = _resources(params, record.login.resources if record is not None else ())
+    targets = _resources(params, record.login.resources)
     login = issuer.tokens.use_refresh(token)
     if login is None:
-        raise OAuthError("invalid_grant", "the refresh token is unknown, expired, revoked or already used")
+        raise spent
     return _for_login(issuer, client, login, login.scopes if scopes is None else scopes, targets, id_token=False)
 
 
