@@ -217,3 +217,17 @@ def test_requests_the_user_must_see(issuer: RunningIssuer, flow: Flow) -> None:
         issuer.authorization_endpoint + f"?client_id={flow.client['client_id']}&state=a&state=b&response_type=code"
     )
     assert repeated.status_code == 400 and "state is given more than once" in repeated.text
+
+
+def test_the_login_page_escapes_what_clients_say(issuer: RunningIssuer) -> None:
+    flow = Flow(issuer, register(issuer, client_name='<script>alert("x")</script>'))
+    page = flow.authorize(login_hint=None, scope="<b>")
+    assert "<script>" not in page.text and "&lt;script&gt;" in page.text and "&lt;b&gt;" in page.text
+
+
+async def test_a_headless_login_without_a_user_meets_the_login_page(flow: Flow) -> None:
+    from fastapps_auth.testing import HeadlessLogin, LoginError
+
+    url = str(flow.authorize(login_hint=None).request.url)
+    with pytest.raises(LoginError, match="answered HTTP 200, not a redirect"):
+        await HeadlessLogin(user=None).redirect_handler(url)
