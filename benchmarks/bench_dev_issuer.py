@@ -1,9 +1,11 @@
-"""The dev issuer and the demo: minting cost against PyJWT, issuer start-up, and the demo's wall time.
+"""The dev issuer and the demo: minting cost against PyJWT, issuer start-up, sign-ins, the demo's wall time.
 
 Minting is measured against PyJWT's ``jwt.encode`` with the same key and claims (the usual
 hand-written test helper). Issuer start-up compares fresh keys with the per-process seed keys
-the pytest fixtures reuse. The demo runs as ``fastapps-auth demo`` would, in a fresh
-interpreter; the issue's target is under 30 s on a 2-core machine (skipped with --smoke).
+the pytest fixtures reuse. A sign-in over HTTP (authorize with ``login_hint`` + token with
+the PKCE verifier) is compared with a ``client_credentials`` token request, the cheapest grant.
+The demo runs as ``fastapps-auth demo`` would, in a fresh interpreter; the issue's target is
+under 30 s on a 2-core machine (skipped with --smoke).
 
     python -m benchmarks.bench_dev_issuer [--smoke]
 """
@@ -11,11 +13,15 @@ interpreter; the issue's target is under 30 s on a 2-core machine (skipped with 
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
+import secrets
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import httpx
 import jwt as pyjwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
@@ -67,6 +73,41 @@ def start_times(repeats: int) -> dict[str, float]:
     return out
 
 
+def sign_in_rates(number: int, rounds: int) -> dict[str, float]:
+    """Sign-ins per second over loopback HTTP: the code flow (two requests) and client credentials (one)."""
+    issuer = start_issuer()
+    redirect = "http://127.0.0.1/callback"
+    try:
+        with httpx.Client(timeout=10) as http:
+            client = http.post(issuer.registration_endpoint, json={"redirect_uris": [redirect]}).json()
+            auth = (client["client_id"], client["client_secret"])
+
+            def code_flow() -> None:
+                verifier = secrets.token_urlsafe(48)
+                challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=")
+                query = {"response_type": "code", "client_id": auth[0], "redirect_uri": redirect,
+                         "code_challenge": challenge.decode(), "code_challenge_method": "S256",
+                         "login_hint": "alice", "resource": "http://127.0.0.1:8000/mcp"}  # fmt: skip
+                location = http.get(issuer.authorization_endpoint, params=query).headers["location"]
+                code = httpx.URL(location).params["code"]
+                data = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect,
+                        "code_verifier": verifier}  # fmt: skip
+                assert http.post(issuer.token_endpoint, data=data, auth=auth).status_code == 200
+
+            cc = (issuer.client.client_id, issuer.client.secret)
+
+            def client_credentials() -> None:
+                data = {"grant_type": "client_credentials", "resource": "http://127.0.0.1:8000/mcp"}
+                assert http.post(issuer.token_endpoint, data=data, auth=cc).status_code == 200
+
+            return {
+                "sign-in: authorize + token (code, PKCE)": rate(code_flow, number=number, rounds=rounds),
+                "client_credentials token (baseline)": rate(client_credentials, number=number, rounds=rounds),
+            }
+    finally:
+        issuer.stop()
+
+
 def demo_seconds() -> tuple[float, int]:
     t0 = time.perf_counter()
     proc = subprocess.run(
@@ -91,7 +132,12 @@ def main() -> None:
     start_rows = [[label, f"{s * 1000:.1f} ms", f"{fresh / s:.2f}x"] for label, s in starts.items()]
     start_table = table(["start + stop", "median", "speed-up vs fresh keys"], start_rows)
 
-    body = f"## Minting\n\n{mint_table}\n\n## Starting an issuer\n\n{start_table}\n"
+    signs = sign_in_rates(number // 4 or 1, rounds)
+    cc_rate = signs["client_credentials token (baseline)"]
+    sign_rows = [[label, fmt_rate(r), f"{r / cc_rate:.2f}x"] for label, r in signs.items()]
+    sign_table = table(["over HTTP (loopback)", "rate", "vs client_credentials"], sign_rows)
+
+    body = f"## Minting\n\n{mint_table}\n\n## Starting an issuer\n\n{start_table}\n\n## Signing in\n\n{sign_table}\n"
     results = [
         {
             "label": "dev issuer mint RS256 vs PyJWT",
@@ -104,6 +150,12 @@ def main() -> None:
             "ratio": fresh / starts["issuer start, seed keys (fixtures)"],
             "target": None,
             "note": f"{starts['issuer start, seed keys (fixtures)'] * 1000:.0f} ms vs {fresh * 1000:.0f} ms",
+        },
+        {
+            "label": "code-flow sign-in vs client_credentials",
+            "ratio": signs["sign-in: authorize + token (code, PKCE)"] / cc_rate,
+            "target": None,
+            "note": f"{fmt_rate(signs['sign-in: authorize + token (code, PKCE)'])} vs {fmt_rate(cc_rate)}",
         },
     ]
     if not args.smoke:

@@ -269,3 +269,15 @@ def test_client_secrets_stay_out_of_reprs(running: RunningIssuer) -> None:
     secret = running.client.secret
     assert secret not in repr(running.client)
     assert secret not in repr(running.issuer)
+
+
+def test_servers_bind_tcp_sockets_so_asyncio_sets_nodelay() -> None:
+    """asyncio turns Nagle off only for sockets created as IPPROTO_TCP; with it on, every keep-alive
+    response written in two parts waited for the client's delayed ACK."""
+    import socket
+
+    sock = bind("127.0.0.1")
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()

@@ -140,3 +140,123 @@ def test_serve_makes_an_existing_issuer_file_private(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+# -- the state directory ---------------------------------------------------------------------
+
+
+def test_the_default_state_dir_is_per_user_and_shared_wherever_a_command_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fastapps_auth.dev_issuer.state import DIR_ENV, StateDir
+
+    monkeypatch.delenv(DIR_ENV, raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    expected = tmp_path / "data" / "fastapps-auth" / "dev-issuer"
+    assert StateDir().path == expected
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    code, token, err = run(capsys, "mint", "--sub", "alice")
+    assert code == 0 and "created new signing keys in " + str(expected) in err
+    monkeypatch.chdir(tmp_path / "b")  # another directory: the same keys, and no note
+    code, jwks_out, err = run(capsys, "jwks")
+    assert code == 0 and err == ""
+    assert claims_of(token.strip(), json.loads(jwks_out))["sub"] == "alice"
+    monkeypatch.setenv(DIR_ENV, str(tmp_path / "env"))
+    assert StateDir().path == tmp_path / "env" and StateDir(str(tmp_path / "x")).path == tmp_path / "x"
+
+
+def test_commands_that_expect_keys_say_when_there_are_none(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = str(tmp_path)
+    for command in ("jwks", "keys", "clients"):
+        code, out, err = run(capsys, command, "--state-dir", d)
+        assert code == 2 and out == "" and err.count("\n") == 1
+        assert err.startswith(f"fastapps-auth dev-issuer: error: {command}: no ") and "serve" in err
+    (tmp_path / "issuer.json").write_text('{"issuer": "http://127.0.0.1:9999"}')  # a serve ran here, keys are gone
+    code, _, err = run(capsys, "mint", "--state-dir", d)
+    assert code == 0 and "an issuer served from here, so its tokens will no longer verify" in err
+
+
+def test_usage_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for args in (["mint", "--alg", "HS256"], ["serve", "--port", "x"], ["nope"], ["serve", "--user", "a b"]):
+        code, out, err = run(capsys, *args, "--state-dir", str(tmp_path))
+        assert code == 2 and out == "" and err.count("\n") == 1, err
+        assert err.startswith("fastapps-auth dev-issuer: error: ") and "usage:" not in err
+    code, _, err = run(capsys, "serve", "--auto-login", "nobody", "--port", "0", "--state-dir", str(tmp_path))
+    assert code == 2 and "not one of the users" in err and err.count("\n") == 1
+
+
+def _serve(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[str], list[str]]:
+    code = (
+        "from fastapps_auth.dev_issuer.cli import main; "
+        f"main(['serve', '--state-dir', {str(tmp_path)!r}, '--port', '0', *{list(args)!r}])"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    lines = [proc.stdout.readline()]
+    while lines[-1] and not lines[-1].startswith("  tokens"):  # the last line of the start-up block
+        lines.append(proc.stdout.readline())
+    return proc, lines
+
+
+def test_serve_prints_where_everything_is_and_clients_shows_registrations(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    proc, lines = _serve(tmp_path)
+    try:
+        url = lines[0].split()[2]
+        shown = "".join(lines)
+        assert f"state      {tmp_path}  (created new signing keys)" in shown
+        for endpoint in ("authorize", "token", "register", "introspect", "revoke", "jwks.json"):
+            assert f"{url}/{endpoint}" in shown
+        assert "clients    dev-client  (ids and secrets: fastapps-auth dev-issuer clients)" in shown
+        registered = httpx.post(
+            f"{url}/register", json={"redirect_uris": ["http://127.0.0.1/cb"], "client_name": "mine"}, timeout=5
+        ).json()
+        code, listing, _ = run(capsys, "clients", "--state-dir", str(tmp_path))
+        assert code == 0
+        assert f"{registered['client_id']}  secret={registered['client_secret']}  auth=client_secret_basic" in listing
+        assert "    redirect http://127.0.0.1/cb" in listing and listing.startswith("dev-client  secret=")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    proc, lines = _serve(tmp_path)  # a restart keeps the keys and the registered client
+    try:
+        assert "created new signing keys" not in "".join(lines)
+        code, again, _ = run(capsys, "clients", "--state-dir", str(tmp_path), "--json")
+        assert registered["client_id"] in again
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_serve_with_auto_login_users_and_opaque_tokens(tmp_path: Path) -> None:
+    from tests.support.dev_oauth import pkce
+
+    proc, lines = _serve(tmp_path, "--auto-login", "bob", "--user", "bob=read", "--user", "eve", "--opaque")
+    try:
+        url = lines[0].split()[2]
+        assert "auto-login bob" in "".join(lines) and "opaque (introspection only)" in "".join(lines)
+        client = httpx.post(
+            f"{url}/register", json={"redirect_uris": ["http://127.0.0.1/cb"], "token_endpoint_auth_method": "none"}
+        ).json()
+        verifier, challenge = pkce()
+        query = {"response_type": "code", "client_id": client["client_id"], "redirect_uri": "http://127.0.0.1/cb",
+                 "code_challenge": challenge, "code_challenge_method": "S256", "scope": "read write"}  # fmt: skip
+        location = httpx.get(f"{url}/authorize", params=query).headers["location"]
+        code = dict(p.split("=", 1) for p in location.split("?", 1)[1].split("&"))["code"]
+        token = httpx.post(
+            f"{url}/token",
+            data={"grant_type": "authorization_code", "code": code, "redirect_uri": "http://127.0.0.1/cb",
+                  "code_verifier": verifier, "client_id": client["client_id"]},
+        ).json()  # fmt: skip
+        assert token["scope"] == "read" and "." not in token["access_token"]  # bob may have only read; opaque
+        saved = json.loads((tmp_path / "issuer.json").read_text())["clients"][0]
+        body = httpx.post(
+            f"{url}/introspect", data={"token": token["access_token"]}, auth=(saved["client_id"], saved["secret"])
+        ).json()
+        assert body["active"] and body["sub"] == "bob" and body["scope"] == "read"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
-from fastapps_auth.clock import Clock
+from fastapps_auth.clock import SYSTEM_CLOCK, Clock
 from fastapps_auth.dev_issuer.app import create_app
-from fastapps_auth.dev_issuer.issuer import DEFAULT_AUDIENCE, DEFAULT_LIFETIME, Client, DevIssuer
+from fastapps_auth.dev_issuer.clients import Client
+from fastapps_auth.dev_issuer.introspection import introspect
+from fastapps_auth.dev_issuer.issuer import DEFAULT_AUDIENCE, DEFAULT_LIFETIME, DEFAULT_SCOPES, DevIssuer
 from fastapps_auth.dev_issuer.keystore import DEFAULT_ALGORITHMS, KeyStore, SigningKey
+from fastapps_auth.dev_issuer.registration import MetadataDocuments
 from fastapps_auth.dev_issuer.server import BackgroundServer
+from fastapps_auth.dev_issuer.users import DEFAULT_USERS, DevUser
 
 
 class RunningIssuer:
     """A ``DevIssuer`` with its HTTP endpoints live on ``url``; ``mint``/``rotate`` work while it serves.
 
     Keys live in ``folder`` (kept across runs) or in memory when ``folder`` is None.
-    A client ``dev-client`` with a random secret is registered for the token endpoint.
+    A client ``dev-client`` with a random secret is configured for the token endpoint.
+    ``users``, ``auto_login``, ``opaque`` and ``scopes_supported`` are ``DevIssuer``'s;
+    ``metadata_verify`` is the TLS trust for fetching client ID metadata documents.
     """
 
     def __init__(
@@ -34,15 +41,29 @@ class RunningIssuer:
         port: int = 0,
         client_id: str = "dev-client",
         client_secret: str | None = None,
+        users: Iterable[str | DevUser] = DEFAULT_USERS,
+        auto_login: str | None = None,
+        opaque: bool = False,
+        scopes_supported: Iterable[str] = DEFAULT_SCOPES,
+        metadata_verify: ssl.SSLContext | bool = True,
     ) -> None:
         self.keys = KeyStore(folder, algorithms=algorithms, clock=clock, seed=seed)
         self.issuer: DevIssuer | None = None
+        now = clock or SYSTEM_CLOCK
 
         def build(url: str) -> Any:
-            kwargs: dict[str, Any] = {"audience": audience, "lifetime": lifetime}
-            if clock is not None:
-                kwargs["clock"] = clock
-            self.issuer = DevIssuer(url, self.keys, **kwargs)
+            self.issuer = DevIssuer(
+                url,
+                self.keys,
+                audience,
+                lifetime,
+                now,
+                users=users,
+                auto_login=auto_login,
+                opaque=opaque,
+                scopes_supported=scopes_supported,
+                metadata_documents=MetadataDocuments(clock=now, verify=metadata_verify),
+            )
             return create_app(self.issuer)
 
         self._server = BackgroundServer(build, host=host, port=port, factory=True, lifespan="off")
@@ -73,9 +94,44 @@ class RunningIssuer:
     def token_endpoint(self) -> str:
         return self._iss.token_endpoint
 
+    @property
+    def authorization_endpoint(self) -> str:
+        return self._iss.authorization_endpoint
+
+    @property
+    def registration_endpoint(self) -> str:
+        return self._iss.registration_endpoint
+
+    @property
+    def introspection_endpoint(self) -> str:
+        return self._iss.introspection_endpoint
+
+    @property
+    def revocation_endpoint(self) -> str:
+        return self._iss.revocation_endpoint
+
+    def metadata(self) -> dict[str, Any]:
+        return self._iss.metadata()
+
     def mint(self, subject: str = "user-1", **kwargs: Any) -> str:
         """See ``DevIssuer.mint``."""
         return self._iss.mint(subject, **kwargs)
+
+    def mint_opaque(self, subject: str = "user-1", **kwargs: Any) -> str:
+        """An opaque token known to this issuer's introspection (``DevIssuer.mint_opaque``)."""
+        return self._iss.mint_opaque(subject, **kwargs)
+
+    def revoke(self, token: str) -> bool:
+        """Revoke an access or refresh token, as ``POST /revoke`` would; introspection then says inactive."""
+        return self._iss.revoke(token)
+
+    def introspect(self, token: str) -> dict[str, Any]:
+        """What ``POST /introspect`` answers for ``token``, without HTTP."""
+        return introspect(self._iss, token)
+
+    def add_client(self, client_id: str, secret: str | None = None, **kwargs: Any) -> Client:
+        """Configure another client (``DevIssuer.add_client``)."""
+        return self._iss.add_client(client_id, secret, **kwargs)
 
     def expired(self, subject: str = "user-1", **kwargs: Any) -> str:
         return self._iss.expired(subject, **kwargs)

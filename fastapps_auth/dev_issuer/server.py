@@ -25,7 +25,9 @@ def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     if not is_loopback(host):
         raise ValueError(f"refusing to listen on {host!r}: the dev servers listen on loopback only")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP, and
+    # without it a response written in two parts waits for the client's delayed ACK (about 40 ms).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host.strip("[]"), port))
@@ -37,9 +39,9 @@ def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     return sock
 
 
-def url_of(sock: socket.socket) -> str:
+def url_of(sock: socket.socket, scheme: str = "http") -> str:
     host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 class BackgroundServer:
@@ -48,6 +50,7 @@ class BackgroundServer:
     Works from sync and async code alike (tests, the demo). ``app`` may be a
     factory taking the server's base URL. ``on_stop`` coroutines run on the server's
     loop after it stops: close there what the app opened there (``chain.aclose``).
+    ``ssl_certfile``/``ssl_keyfile`` serve https (a test's own certificate authority).
     """
 
     def __init__(
@@ -60,12 +63,25 @@ class BackgroundServer:
         lifespan: Literal["auto", "on", "off"] = "auto",
         startup_timeout: float = 10.0,
         on_stop: Sequence[Callable[[], Awaitable[object]]] = (),
+        ssl_certfile: str | None = None,
+        ssl_keyfile: str | None = None,
     ) -> None:
         self._sock = bind(host, port)
-        self.url = url_of(self._sock)
+        self.url = url_of(self._sock, "https" if ssl_certfile else "http")
         self.port: int = self._sock.getsockname()[1]
-        self.app = app(self.url) if factory else app
-        self._config = uvicorn.Config(self.app, log_level="warning", lifespan=lifespan, access_log=False)
+        try:
+            self.app = app(self.url) if factory else app
+        except BaseException:
+            self._sock.close()
+            raise
+        self._config = uvicorn.Config(
+            self.app,
+            log_level="warning",
+            lifespan=lifespan,
+            access_log=False,
+            ssl_certfile=ssl_certfile,
+            ssl_keyfile=ssl_keyfile,
+        )
         self._server = uvicorn.Server(self._config)
         self._thread: threading.Thread | None = None
         self._timeout = startup_timeout

@@ -1,4 +1,5 @@
-"""Test helpers for users of fastapps-auth: a dev issuer, token minting, a chain trusting it.
+"""Test helpers for users of fastapps-auth: a dev issuer, token minting, a chain trusting it, and
+signing in to a protected server as a real MCP client does (``oauth_client``, ``HeadlessLogin``).
 
 The pytest fixtures (``dev_issuer``, ``mint``, ``expired_token``, ``not_yet_valid_token``,
 ``rotate_keys``, ``auth_chain``) come from ``fastapps_auth.testing.plugin``, loaded
@@ -21,15 +22,20 @@ if TYPE_CHECKING:
         start_issuer,
         tamper,
     )
+    from fastapps_auth.testing.oauth import HeadlessLogin, LoginError, MemoryStorage, oauth_client
 
 __all__ = [
     "TEST_AUDIENCE",
     "BackgroundServer",
     "DevIssuer",
+    "HeadlessLogin",
+    "LoginError",
+    "MemoryStorage",
     "Minter",
     "RunningIssuer",
     "issuer_chain",
     "jwt_stage",
+    "oauth_client",
     "start_issuer",
     "tamper",
 ]
@@ -38,6 +44,10 @@ _WHERE = {
     "DevIssuer": "fastapps_auth.dev_issuer",
     "RunningIssuer": "fastapps_auth.dev_issuer",
     "BackgroundServer": "fastapps_auth.dev_issuer.server",
+    "HeadlessLogin": "fastapps_auth.testing.oauth",
+    "LoginError": "fastapps_auth.testing.oauth",
+    "MemoryStorage": "fastapps_auth.testing.oauth",
+    "oauth_client": "fastapps_auth.testing.oauth",
 }
 
 

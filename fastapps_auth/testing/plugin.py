@@ -31,7 +31,7 @@ def dev_issuer_audience() -> str | list[str]:
 
 @pytest.fixture
 def dev_issuer(dev_issuer_audience: str | list[str]) -> Iterator[RunningIssuer]:
-    """A dev issuer serving discovery, JWKS and a token endpoint on 127.0.0.1 (keys in memory)."""
+    """A dev issuer (the local authorization server: metadata, login, token, introspection...) on 127.0.0.1."""
     from fastapps_auth.testing.issuer import start_issuer
 
     issuer = start_issuer(audience=dev_issuer_audience)
