@@ -1,5 +1,5 @@
-"""The verified-token cache (cachetools' TLRUCache on the injected clock): bounded, least recently used
-evicted first, never served at or past an entry's deadline (exp + leeway, capped by the TTL)."""
+"""The verified-token cache (a cachetools LRUCache): bounded, least recently used evicted first, never
+served at or past an entry's deadline (exp + leeway, capped by the TTL), checked on the caller's clock."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastapps_auth import AccessToken, ManualClock, Rejected, Verification, VerifierChain
-from fastapps_auth.backends.token_cache import CachedVerification, verified_token_cache
+from fastapps_auth.backends.token_cache import CachedVerification, VerifiedTokenCache
 from fastapps_auth.fingerprint import token_digest
 from fastapps_auth.stages.jwt import JWTVerifier
 from tests.support.jwt_mint import claims, signing_key
@@ -23,8 +23,8 @@ def d(i: int) -> bytes:
     return hashlib.sha256(str(i).encode()).digest()
 
 
-def entry(expires: float, tag: str = "at") -> CachedVerification:
-    return CachedVerification(AccessToken(token=tag, client_id="c", scopes=[]), (), expires)
+def at(tag: str = "at") -> AccessToken:
+    return AccessToken(token=tag, client_id="c", scopes=[])
 
 
 def tag(hit: CachedVerification | None) -> str | None:
@@ -32,72 +32,69 @@ def tag(hit: CachedVerification | None) -> str | None:
 
 
 def test_hit_until_the_deadline_then_dropped() -> None:
-    clock = ManualClock(NOW)
-    cache = verified_token_cache(10, 300, clock.time)
-    cache[d(1)] = entry(NOW + 100)
-    assert tag(cache.get(d(1))) == "at"
-    clock.advance(99.999)
-    assert tag(cache.get(d(1))) == "at"
-    clock.advance(0.001)
-    assert cache.get(d(1)) is None  # the deadline itself is past
-    assert len(cache) == 0  # and the entry is gone
+    cache = VerifiedTokenCache(10, ttl=300)
+    cache.store(d(1), at(), (), now=NOW, expires=NOW + 100)
+    assert tag(cache.lookup(d(1), NOW)) == "at"
+    assert tag(cache.lookup(d(1), NOW + 99.999)) == "at"
+    assert cache.lookup(d(1), NOW + 100) is None  # the deadline itself is past
+    assert len(cache) == 0  # an expired entry is dropped on the lookup that finds it
+    assert cache.lookup(d(1), NOW) is None  # and does not come back for an earlier clock
 
 
 def test_ttl_caps_the_deadline() -> None:
-    clock = ManualClock(NOW)
-    cache = verified_token_cache(10, 5, clock.time)
-    cache[d(1)] = entry(NOW + 3600)
-    clock.advance(4.9)
-    assert tag(cache.get(d(1))) == "at"
-    clock.advance(0.1)
-    assert cache.get(d(1)) is None
+    cache = VerifiedTokenCache(10, ttl=5)
+    cache.store(d(1), at(), (), now=NOW, expires=NOW + 3600)
+    assert tag(cache.lookup(d(1), NOW + 4.9)) == "at"
+    assert cache.lookup(d(1), NOW + 5) is None
 
 
 def test_already_expired_is_not_stored() -> None:
-    clock = ManualClock(NOW)
-    cache = verified_token_cache(10, 5, clock.time)
-    cache[d(1)] = entry(NOW)
-    cache[d(2)] = entry(NOW - 1)
+    cache = VerifiedTokenCache(10, ttl=5)
+    cache.store(d(1), at(), (), now=NOW, expires=NOW)
+    cache.store(d(2), at(), (), now=NOW, expires=NOW - 1)
     assert len(cache) == 0
 
 
+def test_missing_scopes_are_kept_with_the_entry() -> None:
+    cache = VerifiedTokenCache(10, ttl=5)
+    cache.store(d(1), at(), ("admin",), now=NOW, expires=NOW + 60)
+    hit = cache.lookup(d(1), NOW)
+    assert hit is not None and hit.missing == ("admin",)
+
+
 def test_bounded_least_recently_used_evicted_first() -> None:
-    clock = ManualClock(NOW)
-    cache = verified_token_cache(3, 300, clock.time)
+    cache = VerifiedTokenCache(3, ttl=300)
     for i in range(5):
-        cache[d(i)] = entry(NOW + 100, str(i))
+        cache.store(d(i), at(str(i)), (), now=NOW, expires=NOW + 100)
     assert len(cache) == 3
-    assert [tag(cache.get(d(i))) for i in range(5)] == [None, None, "2", "3", "4"]
-    cache.get(d(2))  # a hit makes it the most recently used: 3 goes next
-    cache[d(5)] = entry(NOW + 100, "5")
-    assert [tag(cache.get(d(i))) for i in (2, 3, 4, 5)] == ["2", None, "4", "5"]
+    assert [tag(cache.lookup(d(i), NOW)) for i in range(5)] == [None, None, "2", "3", "4"]
+    cache.lookup(d(2), NOW)  # a hit makes it the most recently used: 3 goes next
+    cache.store(d(5), at("5"), (), now=NOW, expires=NOW + 100)
+    assert [tag(cache.lookup(d(i), NOW)) for i in (2, 3, 4, 5)] == ["2", None, "4", "5"]
 
 
 def test_restoring_an_entry_replaces_it_without_evicting() -> None:
-    clock = ManualClock(NOW)
-    cache = verified_token_cache(2, 300, clock.time)
-    cache[d(1)] = entry(NOW + 100, "one")
-    cache[d(2)] = entry(NOW + 100, "two")
-    cache[d(1)] = entry(NOW + 200, "one again")
+    cache = VerifiedTokenCache(2, ttl=300)
+    cache.store(d(1), at("one"), (), now=NOW, expires=NOW + 100)
+    cache.store(d(2), at("two"), (), now=NOW, expires=NOW + 100)
+    cache.store(d(1), at("one again"), (), now=NOW + 1, expires=NOW + 200)
     assert len(cache) == 2
-    cache[d(3)] = entry(NOW + 100, "three")  # evicts 2, now the least recently used
-    assert cache.get(d(2)) is None
-    clock.advance(150)
-    assert tag(cache.get(d(1))) == "one again"
+    cache.store(d(3), at("three"), (), now=NOW, expires=NOW + 100)  # evicts 2, now the least recently used
+    assert cache.lookup(d(2), NOW) is None
+    assert tag(cache.lookup(d(1), NOW + 150)) == "one again"
 
 
 def test_clear() -> None:
-    clock = ManualClock(NOW)
-    cache = verified_token_cache(2, 300, clock.time)
-    cache[d(1)] = entry(NOW + 100)
+    cache = VerifiedTokenCache(2, ttl=300)
+    cache.store(d(1), at(), (), now=NOW, expires=NOW + 100)
     cache.clear()
-    assert len(cache) == 0 and cache.get(d(1)) is None
+    assert len(cache) == 0 and cache.lookup(d(1), NOW) is None
 
 
 @pytest.mark.parametrize(("size", "ttl"), [(0, 1.0), (-1, 1.0), (1, 0.0), (1, -5.0), (1, float("nan"))])
 def test_invalid_bounds(size: int, ttl: float) -> None:
     with pytest.raises(ValueError):
-        verified_token_cache(size, ttl, ManualClock(NOW).time)
+        VerifiedTokenCache(size, ttl=ttl)
 
 
 @settings(max_examples=200, deadline=None)
@@ -110,19 +107,19 @@ def test_invalid_bounds(size: int, ttl: float) -> None:
 )
 def test_never_larger_than_bound_never_past_deadline(size: int, ops: list[tuple[str, int, float, float]]) -> None:
     """Whatever the sequence, the size bound holds and no hit is at or past its entry's deadline."""
-    clock = ManualClock(NOW)
-    cache = verified_token_cache(size, 30, clock.time)
+    cache = VerifiedTokenCache(size, ttl=30)
+    now = NOW
     deadlines: dict[int, float] = {}
     for op, key, step, lifetime in ops:
-        clock.advance(step)
-        now = clock.time()
+        now += step
         if op == "put":
-            cache[d(key)] = entry(now + lifetime, str(key))
-            deadlines[key] = min(now + lifetime, now + 30)
+            cache.store(d(key), at(str(key)), (), now=now, expires=now + lifetime)
+            if min(now + lifetime, now + 30) > now:  # stored (else the previous entry, if any, stays)
+                deadlines[key] = min(now + lifetime, now + 30)
         else:
-            hit = cache.get(d(key))
+            hit = cache.lookup(d(key), now)
             if hit is not None:
-                assert tag(hit) == str(key) and now < deadlines[key]
+                assert tag(hit) == str(key) and now < deadlines[key] and hit.until == deadlines[key]
         assert len(cache) <= size
 
 

@@ -75,7 +75,7 @@ class ClaimRules:
             if type(value) is str:
                 client_id = value
                 break
-        missing = tuple(s for s in self.required if s not in scopes)
+        missing = tuple(s for s in self.required if s not in scopes) if self.required else ()
         at = AccessToken(
             token=token,
             client_id=client_id,

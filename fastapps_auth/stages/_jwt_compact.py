@@ -85,7 +85,13 @@ def json_object(raw: bytes, *, no_duplicates: bool = True) -> dict[str, Any]:
     """
     try:
         text = raw.decode("utf-8")
-        obj = (_STRICT if no_duplicates else _PLAIN).decode(text)
+        decoder = _STRICT if no_duplicates else _PLAIN
+        try:  # compact JSON, as every issuer writes it: no whitespace to skip around the object
+            obj, end = decoder.raw_decode(text)
+        except json.JSONDecodeError:
+            end = -1
+        if end != len(text):  # whitespace around the object, or garbage: the full decode decides
+            obj = decoder.decode(text)
     except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise Malformed("invalid JSON") from None
     if type(obj) is not dict:

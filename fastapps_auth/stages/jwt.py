@@ -25,7 +25,7 @@ from fastapps_auth.backends.jwks.keys import (
     hmac_key,
     public_key_from_pem,
 )
-from fastapps_auth.backends.token_cache import CachedVerification, verified_token_cache
+from fastapps_auth.backends.token_cache import VerifiedTokenCache
 from fastapps_auth.clock import Clock
 from fastapps_auth.component import ComponentOptions
 from fastapps_auth.endpoints import canonical_resource, check_url
@@ -78,7 +78,7 @@ class JWTVerifier(Stage[JWTOptions]):
         self._max_len = o.max_token_bytes
         self._typ = _norm_typ(o.require_typ) if o.require_typ else None
         self._cache = (
-            verified_token_cache(o.max_cached_tokens, o.cache_ttl, self.clock.time)
+            VerifiedTokenCache(o.max_cached_tokens, o.cache_ttl)
             if o.cache_ttl > 0 and o.max_cached_tokens > 0
             else None
         )
@@ -202,17 +202,14 @@ class JWTVerifier(Stage[JWTOptions]):
             raise TransientError("the jwt stage is closed")
         cache = self._cache
         if cache is not None:
-            try:
-                hit = cache[v.digest]  # a KeyError once past exp (+ leeway) or the cache TTL
-            except KeyError:
-                pass
-            else:
-                if v.now < hit.expires:  # the verification's own time, too
-                    v.cache_hit = True
-                    if hit.missing:
-                        raise insufficient_scope(hit.missing)
-                    v.access_token = hit.access_token
-                    return
+            digest = v.digest
+            hit = cache.lookup(digest, v.now)  # None once past exp (+ leeway) or the cache TTL
+            if hit is not None:
+                v.cache_hit = True
+                if hit.missing:
+                    raise insufficient_scope(hit.missing)
+                v.access_token = hit.access_token
+                return
         v.cache_hit = False
         if not self._audience_unchecked_warned:
             self._warn_if_audience_unchecked()
@@ -230,7 +227,7 @@ class JWTVerifier(Stage[JWTOptions]):
             await self._verify_after_miss(keys, kid, alg, sig, signing_input)
         at, expires, missing = self._rules.check(token, payload, v.now)
         if cache is not None:
-            cache[v.digest] = CachedVerification(at, missing, expires)
+            cache.store(digest, at, missing, now=v.now, expires=expires)
         if missing:
             raise insufficient_scope(missing)
         v.access_token = at
