@@ -166,3 +166,11 @@ async def test_no_warning_when_the_audience_is_checked(
     await st_.start()
     await decide(st_, aud="api://mcp")
     assert not [r for r in caplog.records if "checks no audience" in r.getMessage()]
+
+
+async def test_starting_twice_still_warns_once(clock: ManualClock, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="fastapps_auth.jwt")
+    st_ = stage(clock)
+    await st_.start()
+    await st_.start()
+    assert len([r for r in caplog.records if "checks no audience" in r.getMessage()]) == 1

@@ -4,9 +4,9 @@ A ``cachetools.LRUCache`` keyed by the token's SHA-256 digest (never the token).
 carries its deadline: the token's ``exp`` plus leeway, capped by the cache TTL from when it was
 stored. ``lookup`` serves an entry only before its deadline, on the caller's clock, and drops it
 at or past it; an entry already past its deadline is not stored; a full cache evicts the least
-recently used entry. (Not ``TLRUCache``, whose expiry heap costs more per insertion into a full
-cache than the rest of a new token's non-signature work: the distinct-token rate would miss its
-target; docs/benchmarks/jwt.md measures both.)
+recently used entry. (Not ``TLRUCache``: its expiry heap makes an insertion into a full cache cost a
+few times as much, which took the distinct-token rate below its target; docs/benchmarks/jwt.md
+measures both.)
 """
 
 from __future__ import annotations

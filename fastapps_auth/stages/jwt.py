@@ -202,8 +202,7 @@ class JWTVerifier(Stage[JWTOptions]):
             raise TransientError("the jwt stage is closed")
         cache = self._cache
         if cache is not None:
-            digest = v.digest
-            hit = cache.lookup(digest, v.now)  # None once past exp (+ leeway) or the cache TTL
+            hit = cache.lookup(v.digest, v.now)  # None once past exp (+ leeway) or the cache TTL
             if hit is not None:
                 v.cache_hit = True
                 if hit.missing:
@@ -227,7 +226,7 @@ class JWTVerifier(Stage[JWTOptions]):
             await self._verify_after_miss(keys, kid, alg, sig, signing_input)
         at, expires, missing = self._rules.check(token, payload, v.now)
         if cache is not None:
-            cache.store(digest, at, missing, now=v.now, expires=expires)
+            cache.store(v.digest, at, missing, now=v.now, expires=expires)
         if missing:
             raise insufficient_scope(missing)
         v.access_token = at
@@ -313,6 +312,9 @@ class JWTVerifier(Stage[JWTOptions]):
         self.clear_cache()
 
     def _warn_if_audience_unchecked(self) -> None:
+        """Once per stage, at start or its first token: neither an audience nor a bound resource URL."""
+        if self._audience_unchecked_warned:
+            return
         self._audience_unchecked_warned = True
         if self._rules.audiences is None and self._rules.resource is None:
             logger.warning(
