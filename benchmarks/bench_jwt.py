@@ -17,10 +17,14 @@ Targets (RS256, the JWT stage alone): distinct tokens >= 0.5x bare, repeated tok
 Through ``VerifierChain`` (trace, decision, observers on top) the rows are informational.
 
 Besides the signature, a distinct token costs the stage: one pass mapping the token to standard
-base64 and splitting it, strict decoding of signature and payload, the header's checks (memoized
-per distinct header), claim checks on the parsed payload, an ``AccessToken`` built from values
-already type-checked (no second pydantic validation), and an O(1) insertion into the bounded
-verified-token cache (evicting its oldest entry). The last table times these steps.
+base64 and splitting it, strict decoding of signature and payload (the standard library's JSON
+decoder), the header's checks (memoized per distinct header), claim checks on the parsed payload,
+an ``AccessToken`` built by pydantic's constructor (validated), and an insertion into the bounded
+verified-token cache (cachetools' ``LRUCache``, evicting its least recently used entry). The last
+table times these steps, and, aside, the ``AccessToken`` constructor alone and the insertion into a
+full ``LRUCache`` next to the same insertion into cachetools' ``TLRUCache`` (per-entry expiry in a
+heap), which the stage does not use: its insertion costs a few times as much, which took the
+distinct-token ratio below its target.
 """
 
 from __future__ import annotations
@@ -33,7 +37,6 @@ import logging
 import os
 import random
 import statistics
-import time
 import warnings
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -47,29 +50,15 @@ from joserfc import jwt as jose_jwt
 from joserfc.jwt import JWTClaimsRegistry
 
 from benchmarks.common import fmt_rate, table, write_page, write_results
+from benchmarks.jwt_steps import AUDIENCE, Cycle, breakdown, cpu_arate, cpu_rate, token_claims
 from fastapps_auth.chain import VerifierChain
 from fastapps_auth.clock import SYSTEM_CLOCK
-from fastapps_auth.fingerprint import token_digest
 from fastapps_auth.stage import Verification
 from fastapps_auth.stages.jwt import JWTVerifier
 from tests.support.jwks_server import JWKSServer
 from tests.support.jwt_mint import SigningKey, signing_key
 
-AUDIENCE = "api://mcp"
 TARGETS = {"distinct": 0.5, "repeated": 5.0}
-
-
-def _claims(issuer: str, i: int, now: float) -> dict[str, Any]:
-    return {
-        "iss": issuer,
-        "sub": f"user-{i % 97}",
-        "aud": AUDIENCE,
-        "iat": int(now) - 10,
-        "exp": int(now) + 3600,
-        "scope": "read write",
-        "client_id": "bench",
-        "jti": str(i),
-    }
 
 
 def _bare(key: SigningKey, token: str) -> Callable[[], object]:
@@ -108,36 +97,6 @@ def _bare_parts(key: SigningKey) -> Callable[[bytes, bytes], object]:
     return lambda sig, data: pub.verify(sig, data)
 
 
-def cpu_rate(fn: Callable[[], object], number: int) -> float:
-    """Calls per second of CPU time (the process's): time this process was descheduled does not count."""
-    fn()  # warm-up
-    t0 = time.process_time()
-    for _ in range(number):
-        fn()
-    return number / (time.process_time() - t0)
-
-
-async def cpu_arate(fn: Callable[[], Awaitable[object]], number: int) -> float:
-    """``cpu_rate`` of an awaited call, sequentially."""
-    await fn()  # warm-up
-    t0 = time.process_time()
-    for _ in range(number):
-        await fn()
-    return number / (time.process_time() - t0)
-
-
-class Cycle:
-    """Hands out the pool's tokens in turn."""
-
-    def __init__(self, tokens: list[str]) -> None:
-        self.tokens = tokens
-        self.i = 0
-
-    def __call__(self) -> str:
-        self.i = (self.i + 1) % len(self.tokens)
-        return self.tokens[self.i]
-
-
 #: A measured alternative: median rate, median paired ratio, and the ratios' range over rounds.
 Result = tuple[float, float, float, float]
 
@@ -146,7 +105,7 @@ async def measure_alg(alg: str, *, number: int, rounds: int, pool: int, srv: JWK
     key = signing_key(alg)
     issuer = srv.url
     now = SYSTEM_CLOCK.time()
-    tokens = [key.token(_claims(issuer, i, now)) for i in range(pool)]
+    tokens = [key.token(token_claims(issuer, i, now)) for i in range(pool)]
     one = tokens[0]
     opts: dict[str, Any] = {
         "jwks": {"keys": [key.jwk()]},
@@ -275,48 +234,6 @@ async def measure_alg(alg: str, *, number: int, rounds: int, pool: int, srv: JWK
     return out
 
 
-async def breakdown(alg: str, *, number: int, rounds: int, pool: int, issuer: str) -> list[list[str]]:
-    """Where a distinct token's CPU time goes in the stage, step by step (medians over rounds, µs)."""
-    key = signing_key(alg)
-    now = SYSTEM_CLOCK.time()
-    tokens = [key.token(_claims(issuer, i, now)) for i in range(pool)]
-    stage = JWTVerifier(
-        jwks={"keys": [key.jwk()]},
-        issuer_url=issuer,
-        audience=AUDIENCE,
-        algorithms=[alg],
-        max_cached_tokens=max(1, pool // 2),
-    )
-    _, kid, sig, payload, signing_input = stage._parse(tokens[0])
-    keys = stage._source.current()
-    assert keys is not None
-    verify = keys.candidates(kid, alg)[0].verifiers[alg]
-    cyc = {name: Cycle(tokens) for name in ("digest", "parse", "whole")}
-
-    async def whole() -> None:
-        await stage(Verification(cyc["whole"](), now=SYSTEM_CLOCK.time(), clock=SYSTEM_CLOCK))
-
-    steps: dict[str, Callable[[], object]] = {
-        "SHA-256 of the token (the cache key, shared by the chain)": lambda: token_digest(cyc["digest"]()),
-        "parse: split, base64url, header (memoized), payload JSON": lambda: stage._parse(cyc["parse"]()),
-        "signature verify (the key's prepared verifier)": lambda: verify(sig, signing_input),
-        "claims checks + AccessToken": lambda: stage._claims(tokens[0], payload, now),
-    }
-    samples: dict[str, list[float]] = {name: [] for name in [*steps, "whole"]}
-    for _ in range(rounds):
-        for name, fn in steps.items():
-            samples[name].append(1e6 / cpu_rate(fn, number))
-        samples["whole"].append(1e6 / await cpu_arate(whole, number))
-    cost = {name: statistics.median(v) for name, v in samples.items()}
-    rest = cost["whole"] - sum(cost[name] for name in steps)
-    rows = [[name, f"{cost[name]:.1f}"] for name in steps]
-    rows.append(
-        ["the rest: Verification object, cache lookup + insert + eviction, key lookup, coroutine", f"{rest:.1f}"]
-    )
-    rows.append(["**the stage call, distinct token**", f"**{cost['whole']:.1f}**"])
-    return rows
-
-
 async def main_async(smoke: bool) -> str:
     number, rounds, pool = (20, 1, 20) if smoke else (1000, 9, 1000)
     results: dict[str, dict[str, Result]] = {}
@@ -371,7 +288,7 @@ async def main_async(smoke: bool) -> str:
     out += (
         "\n\nWhere a distinct RS256 token's time goes in the stage (CPU µs per token; the steps are timed"
         " apart, each in a tight loop with warm CPU caches, so the rest, the difference, also holds what running them"
-        " together costs):\n\n" + table(["step", "µs"], steps)
+        " together costs; the aside rows are not part of the sum):\n\n" + table(["step", "µs"], steps)
     )
     if not smoke:
         write_results("jwt", rows_out, title="JWT verification")

@@ -8,7 +8,7 @@ by the address itself, never by how a name starts (``127.attacker.example`` is a
 from __future__ import annotations
 
 import ipaddress
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 #: The only name taken as loopback without resolving it (RFC 6761 §6.3 reserves it).
 LOOPBACK_NAMES = frozenset({"localhost"})
@@ -47,3 +47,34 @@ def check_url(url: str, *, allow_insecure_http: bool = False, loopback_http: boo
     if not loopback_http:
         raise ValueError(f"must be an https URL (the issuer is not on loopback): {url!r}")
     raise ValueError(f"must be an https URL (http only on loopback or with allow_insecure_http): {url!r}")
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def canonical_resource(url: str) -> str:
+    """``url`` in the form RFC 8707 resource URLs are compared in.
+
+    Scheme and host are lowercased, the scheme's default port and trailing slashes of the path are
+    dropped, a fragment is dropped; the path and query are kept as written (they are case-sensitive).
+    A string that is not a URL with a host (``"api://"``, a bare audience name) comes back unchanged.
+    """
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:  # a port that is not a number, an unbalanced bracket
+        return url
+    if not parts.scheme or not host:
+        return url
+    scheme = parts.scheme.lower()
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.username is not None or parts.password is not None:
+        netloc = parts.netloc.rpartition("@")[0] + "@" + netloc
+    if port is not None and port != _DEFAULT_PORTS.get(scheme):
+        netloc += f":{port}"
+    return urlunsplit((scheme, netloc, parts.path.rstrip("/"), parts.query, ""))
+
+
+def same_resource(a: str, b: str) -> bool:
+    """Whether ``a`` and ``b`` name the same resource (``canonical_resource`` of each is equal)."""
+    return a == b or canonical_resource(a) == canonical_resource(b)

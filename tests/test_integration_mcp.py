@@ -85,7 +85,7 @@ async def test_fastmcp2_adapter_with_remote_auth_provider() -> None:
     async with AsyncServer(app) as srv:
         ok = await raw(srv.url, issuer.mint("alice"), call)
         bad = await raw(srv.url, "garbage")
-    at = await verifier.verify_token(issuer.mint("bob"))
+    at = await verifier.verify_token(issuer.mint("bob"))  # outside a request, before the chain is closed
     await chain.aclose()
     assert ok.status_code == 200 and "subject=alice" in ok.text
     assert bad.status_code == 401 and 'error="invalid_token"' in bad.headers["www-authenticate"]

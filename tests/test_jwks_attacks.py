@@ -9,13 +9,15 @@ import gzip
 import logging
 import tracemalloc
 import zlib
+from collections.abc import Collection
 from typing import Any
 
 import pytest
 
-from fastapps_auth import ConfigError, ManualClock, VerifierChain
-from fastapps_auth.backends import jwks as jwks_module
-from fastapps_auth.backends.jwks import MAX_KEYS, FetchError, RemoteKeySource, parse_jwks
+from fastapps_auth import ConfigError, ManualClock, TransientError, VerifierChain
+from fastapps_auth.backends.http_json import FetchError, JSONClient, JSONResponse
+from fastapps_auth.backends.jwks import MAX_JWKS_ENTRIES, MAX_KEYS, RemoteKeySource, parse_jwks
+from fastapps_auth.endpoints import check_url
 from fastapps_auth.stages.jwt import JWTVerifier
 from tests.support.jwks_server import JWKSServer
 from tests.support.jwt_mint import b64, claims, signing_key
@@ -79,16 +81,16 @@ async def test_compressed_bomb_is_refused_without_inflating_it(clock: ManualCloc
     body = _bomb(64 * 1024 * 1024)
     assert len(body) < 128 * 1024
     srv.routes["/jwks.json"] = (200, body, {"Content-Encoding": "gzip"})
-    src = RemoteKeySource(allowed={"RS256"}, clock=clock, jwks_uri=srv.url + "/jwks.json", max_bytes=64 * 1024)
+    http = JSONClient(timeout=5.0, max_bytes=64 * 1024)
     tracemalloc.start()
     try:
-        with pytest.raises(Exception, match="larger than 65536 bytes"):
-            await src._get_json(srv.url + "/jwks.json")
+        with pytest.raises(FetchError, match="larger than 65536 bytes"):
+            await http.get(srv.url + "/jwks.json")
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
     assert peak < 8 * 1024 * 1024, f"{peak / 1e6:.1f} MB allocated to refuse a 64 KiB-limited answer"
-    await src.aclose()
+    await http.aclose()
 
 
 @pytest.mark.parametrize("encoding", ["gzip", "x-gzip", "deflate", "identity"])
@@ -144,7 +146,7 @@ async def test_cookies_are_neither_kept_nor_sent(clock: ManualClock, srv: JWKSSe
         clock.advance(1.0)
     assert srv.count() == 5
     assert all("cookie" not in h for h in srv.request_headers)
-    client = source(st)._client
+    client = source(st).http._client
     assert client is not None and len(client.cookies.jar) == 0
     await st.aclose()
 
@@ -162,7 +164,7 @@ def test_junk_entries_cost_bounded_work_and_one_log_line(caplog: pytest.LogCaptu
     assert [k.kid for k in ks.keys] == [good["kid"]]  # "late" is past the examined entries
     records = [r for r in caplog.records if r.name == "fastapps_auth.jwks"]
     assert len(records) <= 2, [r.getMessage()[:100] for r in records]
-    assert any(str(getattr(jwks_module, "MAX_JWKS_ENTRIES", 1000) - 1) in r.getMessage() for r in records)
+    assert any(str(MAX_JWKS_ENTRIES - 1) in r.getMessage() for r in records)
 
 
 def test_thousands_of_usable_keys_keep_the_first_ones() -> None:
@@ -349,15 +351,21 @@ async def test_the_event_loop_keeps_running_during_a_slow_fetch(clock: ManualClo
 # -- where discovery may send us ------------------------------------------------------------------------------------
 
 
-class _Metadata(RemoteKeySource):
-    """A key source whose discovery documents are given, not fetched: an https issuer cannot run here."""
+class _Metadata(JSONClient):
+    """An HTTP client answering discovery with given metadata and any other URL with a key set: an https
+    issuer cannot run here. The endpoint policy of the real client still applies to every URL."""
 
-    def __init__(self, issuer: str, jwks_uri: str, clock: ManualClock) -> None:
-        super().__init__(allowed=["RS256"], clock=clock, issuer=issuer)
+    def __init__(self, issuer: str, jwks_uri: str) -> None:
+        super().__init__(timeout=1.0, max_bytes=1024)
         self.meta = {"issuer": issuer, "jwks_uri": jwks_uri}
+        self.asked: list[str] = []
 
-    async def _get_json(self, url: str) -> tuple[Any, str | None]:
-        return self.meta, None
+    async def get(self, url: str, *, loopback_http: bool = True, accept: Collection[int] = (200,)) -> JSONResponse:
+        check_url(url, loopback_http=loopback_http)
+        self.asked.append(url)
+        if "/.well-known/" in url:
+            return JSONResponse(200, self.meta, {})
+        return JSONResponse(200, {"keys": [signing_key().jwk()]}, {})
 
 
 @pytest.mark.parametrize(
@@ -375,10 +383,13 @@ class _Metadata(RemoteKeySource):
 async def test_discovery_sends_us_to_loopback_http_only_for_a_loopback_issuer(
     clock: ManualClock, issuer: str, jwks_uri: str, followed: bool
 ) -> None:
-    src = _Metadata(issuer, jwks_uri, clock)
+    http = _Metadata(issuer, jwks_uri)
+    src = RemoteKeySource(allowed=["RS256"], clock=clock, issuer=issuer, http=http)
     if followed:
-        assert await src._discover() == jwks_uri
+        assert len(await src.wait_keys()) == 1
+        assert http.asked[-1] == jwks_uri
     else:
-        with pytest.raises(FetchError, match="issuer is not on loopback"):
-            await src._discover()
+        with pytest.raises(TransientError, match="issuer is not on loopback"):
+            await src.wait_keys()
+        assert jwks_uri not in http.asked
     await src.aclose()

@@ -377,16 +377,21 @@ async def test_rfc9864_ed25519_alg_name_in_jwk(clock: ManualClock) -> None:
     assert await VerifierChain(st, clock=clock).verify_token(key.token(claims(clock.time()))) is not None
 
 
-async def test_access_token_is_the_validated_model(clock: ManualClock) -> None:
-    """The stage builds the AccessToken without re-validating; it must equal the validated model."""
-    from mcp.server.auth.provider import AccessToken
+async def test_access_token_is_the_library_one_and_hides_the_token(clock: ManualClock) -> None:
+    """The stage builds this library's AccessToken (the SDK's subclass) through pydantic: a validated model
+    equal to one validated from its dump, that takes the SDK's place and never prints the raw token."""
+    from mcp.server.auth.provider import AccessToken as SDKAccessToken
+
+    from fastapps_auth import AccessToken
 
     token = signing_key().token(claims(clock.time(), aud=["other", AUD], scope="a b", client_id="cli", extra=[1]))
     at = await VerifierChain(stage(clock), clock=clock).verify_token(token)
-    assert at is not None and type(at) is AccessToken
+    assert at is not None and type(at) is AccessToken and isinstance(at, SDKAccessToken)
     validated = AccessToken.model_validate(at.model_dump())
     assert at == validated
     assert at.model_fields_set == validated.model_fields_set
     assert type(at.expires_at) is int and at.claims is not None and at.claims["extra"] == [1]
+    assert token not in repr(at) and token not in str(at)
+    assert at.model_dump()["token"] == token
     at.scopes = ["changed"]  # an ordinary, mutable pydantic model
     assert at.model_dump()["scopes"] == ["changed"]

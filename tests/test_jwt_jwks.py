@@ -156,7 +156,7 @@ async def test_flood_of_random_kids_costs_one_fetch_per_interval(clock: ManualCl
 async def test_cache_control_max_age_clamped(clock: ManualClock, srv: JWKSServer) -> None:
     key = signing_key()
     srv.set_jwks([key.jwk()], cache_control="public, max-age=120")
-    st = remote(clock, srv, jwks_cache_min_ttl=60, jwks_cache_max_ttl=3600)
+    st = remote(clock, srv, jwks_cache_min_ttl=60, jwks_cache_max_ttl=3600, jwks_refresh_jitter=0)
     chain = VerifierChain(st, clock=clock)
     await st.start()
     clock.advance(100)
@@ -187,7 +187,7 @@ async def test_cache_control_max_age_clamped(clock: ManualClock, srv: JWKSServer
 async def test_default_ttl_without_cache_control(clock: ManualClock, srv: JWKSServer) -> None:
     key = signing_key()
     srv.set_jwks([key.jwk()])
-    st = remote(clock, srv)  # default 600 s
+    st = remote(clock, srv, jwks_refresh_jitter=0)  # default 600 s
     chain = VerifierChain(st, clock=clock)
     await st.start()
     clock.advance(599)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import binascii
 import json
 import re
-from json.scanner import make_scanner
 from typing import Any
 
 _a2b = binascii.a2b_base64
@@ -71,11 +70,11 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
+#: The header's decoder refuses duplicate member names at any depth (``object_pairs_hook``); both refuse
+#: ``NaN``/``Infinity`` (``parse_constant``). Built once: ``json.loads`` with these arguments would build
+#: a decoder per call.
 _STRICT = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
 _PLAIN = json.JSONDecoder(parse_constant=_reject_constant)
-# The decoders' scanners, called directly: no whitespace regexes on the common compact input.
-_SCAN_STRICT = make_scanner(_STRICT)  # type: ignore[arg-type]  # typeshed: the context is a decoder
-_SCAN_PLAIN = make_scanner(_PLAIN)  # type: ignore[arg-type]
 
 
 def json_object(raw: bytes, *, no_duplicates: bool = True) -> dict[str, Any]:
@@ -86,12 +85,13 @@ def json_object(raw: bytes, *, no_duplicates: bool = True) -> dict[str, Any]:
     """
     try:
         text = raw.decode("utf-8")
-        try:
-            obj, end = (_SCAN_STRICT if no_duplicates else _SCAN_PLAIN)(text, 0)
-        except StopIteration:
+        decoder = _STRICT if no_duplicates else _PLAIN
+        try:  # compact JSON, as every issuer writes it: no whitespace to skip around the object
+            obj, end = decoder.raw_decode(text)
+        except json.JSONDecodeError:
             end = -1
-        if end != len(text):  # surrounding whitespace, or garbage: let the full decoder decide
-            obj = (_STRICT if no_duplicates else _PLAIN).decode(text)
+        if end != len(text):  # whitespace around the object, or garbage: the full decode decides
+            obj = decoder.decode(text)
     except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise Malformed("invalid JSON") from None
     if type(obj) is not dict:

@@ -15,11 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
-from mcp.server.auth.provider import AccessToken
-from pydantic import Field, SecretStr
-
 from fastapps_auth.backends.jwks import KeySet, KeySource, RemoteKeySource, parse_jwks, static_source
-from fastapps_auth.backends.jwks_keys import (
+from fastapps_auth.backends.jwks.keys import (
     HMAC_ALGS,
     SUPPORTED_ALGS,
     KeyImportError,
@@ -31,80 +28,18 @@ from fastapps_auth.backends.jwks_keys import (
 from fastapps_auth.backends.token_cache import VerifiedTokenCache
 from fastapps_auth.clock import Clock
 from fastapps_auth.component import ComponentOptions
-from fastapps_auth.endpoints import check_url
+from fastapps_auth.endpoints import canonical_resource, check_url
 from fastapps_auth.errors import ConfigError, Rejected, TransientError, insufficient_scope
-from fastapps_auth.stage import Stage, StageOptions, Verification
+from fastapps_auth.stage import Stage, Verification
+from fastapps_auth.stages._jwt_claims import ClaimRules
 from fastapps_auth.stages._jwt_compact import Malformed, decode, json_object, split
+from fastapps_auth.stages._jwt_options import DEFAULT_ALGORITHMS, JWTOptions
+
+__all__ = ["DEFAULT_ALGORITHMS", "JWTOptions", "JWTVerifier"]
 
 logger = logging.getLogger("fastapps_auth.jwt")
-DEFAULT_ALGORITHMS = ("RS256", "ES256", "EdDSA")
-_MISSING: Any = object()
 #: Distinct protected headers remembered (they repeat: one per key); the memo is cleared when full.
 _MAX_HEADERS = 64
-#: Time claims beyond this (either way) are not times: an integer would lose precision as a float,
-#: and a float such as 1e300 would make ``expires_at`` a 301-digit integer.
-_MAX_INT = 2**53
-#: What a cache hit answers: the access token and the required scopes it lacks.
-_Verified = tuple[AccessToken, tuple[str, ...]]
-
-
-class JWTOptions(StageOptions):
-    """Options of the ``jwt`` stage."""
-
-    issuer_url: str | None = Field(
-        default=None,
-        description="Expected `iss`, compared exactly; without other key options, keys are discovered from it.",
-    )
-    audience: str | list[str] | None = Field(
-        default=None, description="Accepted audience(s): the token's `aud` must contain one. None: not checked."
-    )
-    jwks_uri: str | None = Field(default=None, description="JWKS URL (skips discovery).")
-    jwks: dict[str, Any] | None = Field(default=None, description='Inline JWKS ({"keys": [...]}); no network.')
-    public_keys: list[str] = Field(
-        default_factory=list, description="PEM public keys or certificates, inline or as file paths; no network."
-    )
-    hs_secret: SecretStr | None = Field(
-        default=None, description="Shared secret for HS256/384/512 (needs those in `algorithms`; >= hash size)."
-    )
-    algorithms: list[str] = Field(
-        default_factory=lambda: list(DEFAULT_ALGORITHMS),
-        description="Accepted algorithms (RS*, PS*, ES*, EdDSA, HS*); a key narrows them further. Never `none`.",
-    )
-    required_scopes: list[str] = Field(
-        default_factory=list, description="Scopes the token must all carry (403 insufficient_scope otherwise)."
-    )
-    leeway: float = Field(default=30.0, ge=0, le=600, description="Clock skew tolerated on exp/nbf/iat, seconds.")
-    max_token_bytes: int = Field(
-        default=16384, gt=0, le=65536, description="Longer tokens are rejected before parsing."
-    )
-    require_typ: str | None = Field(
-        default=None, description='Required `typ` header, e.g. "at+jwt" (RFC 9068); None: not checked.'
-    )
-    cache_ttl: float = Field(
-        default=300.0, ge=0, description="Longest reuse of a verified token, seconds (also capped by exp). 0: off."
-    )
-    max_cached_tokens: int = Field(
-        default=10000, ge=0, description="Bound of the verified-token cache (oldest evicted first). 0: off."
-    )
-    jwks_cache_ttl: float = Field(
-        default=600.0, gt=0, description="Key set lifetime without Cache-Control max-age, seconds."
-    )
-    jwks_cache_min_ttl: float = Field(default=60.0, ge=0, description="Lower clamp of the key set max-age, seconds.")
-    jwks_cache_max_ttl: float = Field(default=86400.0, gt=0, description="Upper clamp of the key set max-age, seconds.")
-    min_refresh_interval: float = Field(
-        default=1.0, ge=0, description="At most one key set refresh per this many seconds (unknown kid, expiry)."
-    )
-    max_refresh_backoff: float = Field(
-        default=60.0, gt=0, description="Longest wait between refresh retries while the JWKS endpoint fails, seconds."
-    )
-    http_timeout: float = Field(default=5.0, gt=0, description="Total time limit of one HTTP fetch, seconds.")
-    max_jwks_bytes: int = Field(default=262144, gt=0, description="Largest discovery/JWKS response accepted, bytes.")
-    allow_insecure_http: bool = Field(
-        default=False, description="Allow http:// for non-loopback hosts (loopback http is always allowed)."
-    )
-    timeout: float = Field(
-        default=5.0, gt=0, description="Longest a verification waits for a key fetch before failing with 503, seconds."
-    )
 
 
 class JWTVerifier(Stage[JWTOptions]):
@@ -115,36 +50,39 @@ class JWTVerifier(Stage[JWTOptions]):
     authenticates: ClassVar[bool] = True
 
     def __init__(
-        self, options: JWTOptions | str | None = None, /, *, clock: Clock | None = None, **kwargs: Any
+        self,
+        options: JWTOptions | str | None = None,
+        /,
+        *,
+        clock: Clock | None = None,
+        random: Callable[[], float] | None = None,
+        **kwargs: Any,
     ) -> None:
+        """``random``: the source of the key set refresh jitter (a float in [0, 1)); injectable for tests."""
         if isinstance(options, str):  # fastapps.JWTVerifier(issuer_url, ...) takes it positionally
             kwargs["issuer_url"] = options
             options = None
         super().__init__(options, clock=clock, **kwargs)
         o = self.options
         self._algorithms = self._check_algorithms(o)
-        self._issuer = o.issuer_url
         audiences = [o.audience] if isinstance(o.audience, str) else list(o.audience or [])
         if o.audience is not None and (not audiences or not all(audiences)):
             raise ConfigError("audience must be a non-empty string or list of strings", stage=self.name, key="audience")
-        self._audiences: frozenset[str] | None = frozenset(audiences) if o.audience is not None else None
-        if self._audiences is None:
-            logger.warning(
-                "jwt stage %r checks no audience: a token its issuer minted for any other API is accepted here "
-                "(set audience, e.g. this server's resource URL)",
-                self.name,
-            )
-        self._required = tuple(dict.fromkeys(o.required_scopes))
-        self._required_set = frozenset(self._required)
-        self._leeway = float(o.leeway)
+        self._rules = ClaimRules(
+            issuer=o.issuer_url,
+            audiences=frozenset(audiences) if o.audience is not None else None,
+            required_scopes=tuple(dict.fromkeys(o.required_scopes)),
+            leeway=float(o.leeway),
+        )
+        self._audience_unchecked_warned = False
         self._max_len = o.max_token_bytes
         self._typ = _norm_typ(o.require_typ) if o.require_typ else None
-        self._cache: VerifiedTokenCache[_Verified] | None = (
+        self._cache = (
             VerifiedTokenCache(o.max_cached_tokens, o.cache_ttl)
             if o.cache_ttl > 0 and o.max_cached_tokens > 0
             else None
         )
-        self._source = self._build_source(o)
+        self._source = self._build_source(o, random)
         self._headers: dict[bytes, tuple[str, str | None]] = {}
 
     # -- construction -----------------------------------------------------------------------------
@@ -188,7 +126,7 @@ class JWTVerifier(Stage[JWTOptions]):
         except ValueError as exc:
             raise ConfigError(str(exc), stage=self.name, key=key) from None
 
-    def _build_source(self, o: JWTOptions) -> KeySource:
+    def _build_source(self, o: JWTOptions, random: Callable[[], float] | None) -> KeySource:
         static: list[VerifyKey] = []
         given = [k for k in ("jwks", "public_keys", "hs_secret") if getattr(o, k)]
         if o.jwks_uri and given:
@@ -235,6 +173,8 @@ class JWTVerifier(Stage[JWTOptions]):
             max_ttl=o.jwks_cache_max_ttl,
             min_refresh_interval=o.min_refresh_interval,
             max_backoff=o.max_refresh_backoff,
+            jitter=o.jwks_refresh_jitter,
+            random=random,
             allow_insecure_http=o.allow_insecure_http,
         )
 
@@ -258,17 +198,20 @@ class JWTVerifier(Stage[JWTOptions]):
     # -- the hot path ---------------------------------------------------------------------------------
 
     async def __call__(self, v: Verification) -> None:
+        if self.closed:
+            raise TransientError("the jwt stage is closed")
         cache = self._cache
         if cache is not None:
-            digest = v.digest
-            hit = cache.get(digest, v.now)  # None once past exp (+ leeway) or the cache TTL
+            hit = cache.lookup(v.digest, v.now)  # None once past exp (+ leeway) or the cache TTL
             if hit is not None:
                 v.cache_hit = True
-                if hit[1]:
-                    raise insufficient_scope(hit[1])
-                v.access_token = hit[0]
+                if hit.missing:
+                    raise insufficient_scope(hit.missing)
+                v.access_token = hit.access_token
                 return
         v.cache_hit = False
+        if not self._audience_unchecked_warned:
+            self._warn_if_audience_unchecked()
         token = v.token
         alg, kid, sig, payload, signing_input = self._parse(token)
         source = self._source
@@ -281,9 +224,9 @@ class JWTVerifier(Stage[JWTOptions]):
                 break
         else:
             await self._verify_after_miss(keys, kid, alg, sig, signing_input)
-        at, exp_limit, missing = self._claims(token, payload, v.now)
+        at, expires, missing = self._rules.check(token, payload, v.now)
         if cache is not None:
-            cache.put(digest, (at, missing), now=v.now, expires=exp_limit)
+            cache.store(v.digest, at, missing, now=v.now, expires=expires)
         if missing:
             raise insufficient_scope(missing)
         v.access_token = at
@@ -353,81 +296,32 @@ class JWTVerifier(Stage[JWTOptions]):
         # jku, x5u, jwk and x5c are ignored: a token never chooses its own key.
         return alg, kid
 
-    def _claims(self, token: str, p: dict[str, Any], now: float) -> tuple[AccessToken, float, tuple[str, ...]]:
-        get = p.get
-        leeway = self._leeway
-        exp = get("exp", _MISSING)
-        te = type(exp)
-        if not ((te is int or te is float) and -_MAX_INT <= exp <= _MAX_INT):  # NaN fails it too
-            if exp is _MISSING:
-                raise Rejected("missing_claim", "the token has no exp claim")
-            raise Rejected("bad_claim", "the token's exp claim is not a valid time (a number of seconds)")
-        if now >= exp + leeway:
-            raise Rejected("expired", "the token has expired")
-        if "nbf" in p and now + leeway < _number(p, "nbf"):
-            raise Rejected("not_yet_valid", "the token is not valid yet")
-        iat = get("iat", _MISSING)
-        if iat is not _MISSING:
-            if type(iat) is not int or not -_MAX_INT <= iat <= _MAX_INT:  # the common case inline
-                iat = _number(p, "iat")
-            if iat > now + leeway:
-                raise Rejected("issued_in_future", "the token was issued in the future")
-        if self._issuer is not None:
-            iss = get("iss", _MISSING)
-            if iss != self._issuer:
-                if iss is _MISSING:
-                    raise Rejected("missing_claim", "the token has no iss claim")
-                raise Rejected("wrong_issuer", "the token was issued by another issuer")
-        audiences = self._audiences
-        if audiences is None:
-            resource = None
-        else:
-            resource = get("aud")
-            if type(resource) is not str or resource not in audiences:  # the common case inline
-                resource = self._audience(p)
-        sub = get("sub", _MISSING)
-        if type(sub) is not str or not sub:
-            if sub is _MISSING:
-                raise Rejected("missing_claim", "the token has no sub claim")
-            raise Rejected("bad_claim", "the token's sub claim is not a non-empty string")
-        scope = get("scope")
-        if type(scope) is str and "scp" not in p and "permissions" not in p:
-            scopes = scope.split()  # the common case
-            if len(scopes) > 1 and len(set(scopes)) < len(scopes):
-                scopes = list(dict.fromkeys(scopes))
-        else:
-            scopes = _scopes(p)
-        client_id = get("client_id")
-        if type(client_id) is not str:
-            client_id = get("azp")
-            if type(client_id) is not str:
-                client_id = get("cid")
-                if type(client_id) is not str:
-                    client_id = sub
-        missing: tuple[str, ...] = ()
-        if self._required and not self._required_set.issubset(scopes):
-            missing = tuple(s for s in self._required if s not in scopes)
-        at = _access_token(token, client_id, scopes, int(exp), resource, sub, p)
-        return at, exp + leeway, missing
+    # -- the audience -----------------------------------------------------------------------------
 
-    def _audience(self, p: dict[str, Any]) -> str:
-        aud = p.get("aud", _MISSING)
-        assert self._audiences is not None
-        if aud is _MISSING:
-            raise Rejected("missing_claim", "the token has no aud claim")
-        if type(aud) is str:
-            if aud in self._audiences:
-                return str(aud)
-        elif type(aud) is list:
-            for a in aud:
-                if type(a) is not str:
-                    raise Rejected("bad_claim", "the token's aud claim is not a string or list of strings")
-            for a in aud:
-                if a in self._audiences:
-                    return str(a)
-        else:
-            raise Rejected("bad_claim", "the token's aud claim is not a string or list of strings")
-        raise Rejected("wrong_audience", "the token is not meant for this audience")
+    def bind_resource(self, resource_url: str) -> None:
+        """Accept only tokens whose ``aud`` is ``resource_url`` (RFC 8707), unless ``audience`` is configured.
+
+        Compared canonically (scheme and host case-insensitive, default port and trailing slash
+        ignored). Tokens cached before the binding are forgotten: they were accepted without it.
+        """
+        if self._rules.audiences is not None:
+            return  # an explicit audience wins
+        if not isinstance(resource_url, str) or not resource_url:
+            raise ConfigError("the resource URL must be a non-empty string", stage=self.name, key="resource_url")
+        self._rules.resource = canonical_resource(resource_url)
+        self.clear_cache()
+
+    def _warn_if_audience_unchecked(self) -> None:
+        """Once per stage, at start or its first token: neither an audience nor a bound resource URL."""
+        if self._audience_unchecked_warned:
+            return
+        self._audience_unchecked_warned = True
+        if self._rules.audiences is None and self._rules.resource is None:
+            logger.warning(
+                "jwt stage %r checks no audience: a token its issuer minted for any other API is accepted here "
+                "(set audience, e.g. this server's resource URL, or serve it through an integration that binds it)",
+                self.name,
+            )
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -435,14 +329,20 @@ class JWTVerifier(Stage[JWTOptions]):
         """Fetch the key set now (discovery and JWKS) instead of at the first token.
 
         A key server that is down at startup does not stop the application: the failure is
-        logged, tokens get 503 meanwhile, and the fetch is retried with backoff.
+        logged once, tokens get 503 meanwhile, and the fetch is retried on use with backoff.
         """
-        try:
-            await self._source.start()
-        except TransientError as exc:
-            logger.warning("jwt stage %r could not load its keys at start (%s); will retry", self.name, exc)
+        if self.closed:
+            return
+        self._warn_if_audience_unchecked()
+        await self._source.start()
+
+    async def probe(self) -> None:
+        """Fetch the issuer's metadata and key set once (static keys: nothing to reach); raise if unusable."""
+        await self._source.probe()
 
     async def aclose(self) -> None:
+        """Cancel a key fetch in flight and close the HTTP client; the stage then refuses every token."""
+        self.closed = True
         await self._source.aclose()
 
     def stats(self) -> dict[str, float]:
@@ -459,119 +359,3 @@ class JWTVerifier(Stage[JWTOptions]):
 def _norm_typ(typ: str) -> str:
     t = typ.strip().lower()
     return t[12:] if t.startswith("application/") else t
-
-
-def _number(p: dict[str, Any], name: str) -> float:
-    """A present claim as a number within ±2**53; ``bad_claim`` for anything else (bools, null, strings, NaN)."""
-    value = p[name]
-    t = type(value)
-    if (t is int or t is float) and -_MAX_INT <= value <= _MAX_INT:  # not NaN, not infinite
-        return float(value)
-    raise Rejected("bad_claim", f"the token's {name} claim is not a valid time (a number of seconds)")
-
-
-def _scopes(p: dict[str, Any]) -> list[str]:
-    """Scopes from ``scope`` (space-delimited, or a list), ``scp`` (list or string), ``permissions`` (Auth0)."""
-    out: list[str] = []
-    for name in ("scope", "scp", "permissions"):
-        value = p.get(name)
-        if value is None:
-            continue
-        if type(value) is str:
-            out.extend(value.split())
-        elif type(value) is list and all(type(s) is str for s in value):
-            out.extend(value)
-        else:
-            raise Rejected("bad_claim", f"the token's {name} claim is not a string or list of strings")
-    return list(dict.fromkeys(out)) if len(out) > 1 else out
-
-
-# -- the AccessToken --------------------------------------------------------------------------------
-
-_AT_FIELDS = ("token", "client_id", "scopes", "expires_at", "resource", "subject", "claims")
-_new_object = object.__new__
-_set_attr = object.__setattr__
-
-
-def _validated_access_token(
-    token: str,
-    client_id: str,
-    scopes: list[str],
-    expires_at: int,
-    resource: str | None,
-    subject: str,
-    claims: dict[str, Any],
-) -> AccessToken:
-    return AccessToken(
-        token=token,
-        client_id=client_id,
-        scopes=scopes,
-        expires_at=expires_at,
-        resource=resource,
-        subject=subject,
-        claims=claims,
-    )
-
-
-def _checked_access_token(
-    token: str,
-    client_id: str,
-    scopes: list[str],
-    expires_at: int,
-    resource: str | None,
-    subject: str,
-    claims: dict[str, Any],
-) -> AccessToken:
-    """An ``AccessToken`` from values ``_claims`` has already type-checked exactly.
-
-    What pydantic's ``model_construct`` does (no re-validation of values built here), without
-    its per-field loop: ~1 µs instead of ~2 µs validated, ~3 µs through ``model_construct``.
-    """
-    at = _new_object(AccessToken)
-    _set_attr(
-        at,
-        "__dict__",
-        {
-            "token": token,
-            "client_id": client_id,
-            "scopes": scopes,
-            "expires_at": expires_at,
-            "resource": resource,
-            "subject": subject,
-            "claims": claims,
-        },
-    )
-    _set_attr(at, "__pydantic_fields_set__", set(_AT_FIELDS))
-    _set_attr(at, "__pydantic_extra__", None)
-    _set_attr(at, "__pydantic_private__", None)
-    return at
-
-
-def _pick_access_token_builder() -> Callable[[str, str, list[str], int, str | None, str, dict[str, Any]], AccessToken]:
-    """The direct builder when it makes exactly what validation makes, else the validating one.
-
-    Checked once at import against the installed ``mcp``/pydantic: same fields, no validators,
-    private attributes or extras that validation would apply, and an equal result.
-    """
-    try:
-        decorators = AccessToken.__pydantic_decorators__
-        plain = (
-            tuple(AccessToken.model_fields) == _AT_FIELDS
-            and not AccessToken.__private_attributes__
-            and AccessToken.model_config.get("extra") in (None, "ignore")
-            and not decorators.field_validators
-            and not decorators.model_validators
-            and not decorators.computed_fields
-            and AccessToken.__pydantic_post_init__ is None
-        )
-        args: tuple[Any, ...] = ("t", "c", ["a", "b"], 1, "r", "u", {"sub": "u", "n": [1]})
-        fast, slow = _checked_access_token(*args), _validated_access_token(*args)
-        same = (
-            fast == slow and fast.model_fields_set == slow.model_fields_set and fast.model_dump() == slow.model_dump()
-        )
-    except Exception:  # pragma: no cover - a pydantic without these internals: validate
-        return _validated_access_token
-    return _checked_access_token if plain and same else _validated_access_token
-
-
-_access_token = _pick_access_token_builder()

@@ -1,9 +1,9 @@
 """A real HTTP server on 127.0.0.1 serving JWKS and discovery documents to tests and benchmarks.
 
 It runs in a background thread (so synchronous clients such as ``fastapps.JWTVerifier``
-work too), counts requests per path, records request headers, and can rotate keys, fail
-(HTTP 503), hang, answer slowly, drip a body byte by byte, send ``Cache-Control``, any other
-header and oversized bodies.
+work too), counts requests per path, records request headers (and POST bodies), and can rotate
+keys, fail (HTTP 503), hang, answer slowly, drip a body byte by byte, send ``Cache-Control``,
+any other header and oversized bodies. A POST is answered like a GET of the same path.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ class JWKSServer:
         self.hang = False  # accept, then never answer (until stop)
         self.drip: float | None = None  # send the headers, then one body byte per this many seconds
         self.request_headers: list[dict[str, str]] = []  # of every request, in order
+        self.request_bodies: list[bytes] = []  # of every POST, in order
         self._release = threading.Event()
         self._lock = threading.Lock()
         server = self
@@ -61,6 +62,13 @@ class JWKSServer:
                         return
                     self.wfile.write(body[i : i + 1])
                     self.wfile.flush()
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(min(length, 1 << 20))
+                with server._lock:
+                    server.request_bodies.append(body)
+                self.do_GET()
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

@@ -1,107 +1,37 @@
 """Where the JWT stage's keys come from: a static key set, or a JWKS fetched over HTTP.
 
 The remote source discovers the ``jwks_uri`` (OIDC, then RFC 8414), caches the
-key set for its ``Cache-Control: max-age`` (clamped), refreshes at most once per
-``min_refresh_interval`` when an unknown ``kid`` shows up, shares one in-flight
-fetch between all waiters (single flight), keeps the last good keys when a
-refresh fails (stale-if-error) and retries with exponential backoff. What a key
-server sends is bounded: no redirects followed, no cookies kept, a time limit on
-the whole fetch and a size limit on the body after decompression.
+key set for its ``Cache-Control: max-age`` (clamped, and shortened by a random
+``jitter`` fraction so that workers started together do not refresh together),
+refreshes at most once per ``min_refresh_interval`` when an unknown ``kid`` shows
+up, shares one in-flight fetch between all waiters (single flight), keeps the
+last good keys when a refresh fails (stale-if-error) and retries with
+exponential backoff. Fetches go through ``JSONClient`` (bounded size and time,
+no redirects, no cookies).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
+import random as _random
 import re
-import zlib
-from collections.abc import Iterable, Mapping, Sequence
-from http.cookiejar import CookieJar, DefaultCookiePolicy
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from fastapps_auth.backends.jwks_keys import KeyImportError, VerifyKey, key_from_jwk
+from fastapps_auth.backends.http_json import FetchError, JSONClient
+from fastapps_auth.backends.jwks.keys import VerifyKey
+from fastapps_auth.backends.jwks.keyset import KeySet, parse_jwks
 from fastapps_auth.clock import Clock
 from fastapps_auth.endpoints import check_url, is_loopback
 from fastapps_auth.errors import TransientError
 
-if TYPE_CHECKING:
-    import httpx
-
 logger = logging.getLogger("fastapps_auth.jwks")
 
-#: Keys beyond this many in one key set are ignored: a token without ``kid`` tries each candidate.
-MAX_KEYS = 50
-#: Entries of a fetched key set examined at most: a set padded with junk costs bounded work and logging.
-MAX_JWKS_ENTRIES = 1000
 _MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*\"?(\d+)\"?\s*(?:,|$)", re.IGNORECASE)
-
-
-class KeySet:
-    """Keys indexed for the hot path: by ``kid``, and by algorithm for tokens without one."""
-
-    __slots__ = ("anonymous_by_alg", "by_alg", "by_kid", "keys")
-
-    def __init__(self, keys: Iterable[VerifyKey]) -> None:
-        self.keys: tuple[VerifyKey, ...] = tuple(keys)[:MAX_KEYS]
-        self.by_kid: dict[str, tuple[VerifyKey, ...]] = {}
-        by_alg: dict[str, list[VerifyKey]] = {}
-        anonymous: dict[str, list[VerifyKey]] = {}
-        for k in self.keys:
-            if k.kid is not None:
-                self.by_kid[k.kid] = (*self.by_kid.get(k.kid, ()), k)
-            for alg in k.verifiers:
-                by_alg.setdefault(alg, []).append(k)
-                if k.kid is None:
-                    anonymous.setdefault(alg, []).append(k)
-        self.by_alg = {a: tuple(ks) for a, ks in by_alg.items()}
-        self.anonymous_by_alg = {a: tuple(ks) for a, ks in anonymous.items()}
-
-    def candidates(self, kid: str | None, alg: str) -> tuple[VerifyKey, ...]:
-        """Keys to try for a token's ``kid``/``alg``; empty when none is known (an unknown key)."""
-        if kid is None:
-            return self.by_alg.get(alg, ())
-        found = self.by_kid.get(kid)
-        if found is not None:
-            return found
-        return self.anonymous_by_alg.get(alg, ())
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-
-def parse_jwks(doc: Any, allowed: Iterable[str], *, strict: bool) -> KeySet:
-    """A ``KeySet`` from a JWKS document. ``strict``: a bad key is an error, else it is skipped (logged)."""
-    if not isinstance(doc, Mapping) or not isinstance(doc.get("keys"), list):
-        raise KeyImportError('a JWKS must be an object with a "keys" list')
-    allowed = frozenset(allowed)
-    entries: list[Any] = doc["keys"]
-    if not strict and len(entries) > MAX_JWKS_ENTRIES:
-        logger.warning("JWKS has %d entries; only the first %d are examined", len(entries), MAX_JWKS_ENTRIES)
-        entries = entries[:MAX_JWKS_ENTRIES]
-    keys: list[VerifyKey] = []
-    skipped: list[str] = []
-    for i, jwk in enumerate(entries):
-        if not strict and len(keys) == MAX_KEYS:
-            logger.warning("JWKS has more than %d usable keys; only the first %d are used", MAX_KEYS, MAX_KEYS)
-            break
-        try:
-            key = key_from_jwk(jwk, allowed)
-        except KeyImportError as exc:
-            if strict:
-                raise KeyImportError(f"keys[{i}]: {exc}") from None
-            skipped.append(f"keys[{i}]: {str(exc)[:120]}")
-            continue
-        if key is not None:
-            keys.append(key)
-    if skipped:  # one line per key set, however many bad keys it holds
-        more = f" (and {len(skipped) - 3} more)" if len(skipped) > 3 else ""
-        logger.warning("ignoring %d unusable JWKS key(s): %s%s", len(skipped), "; ".join(skipped[:3]), more)
-    if len(keys) > MAX_KEYS:
-        logger.warning("JWKS has %d usable keys; only the first %d are used", len(keys), MAX_KEYS)
-    return KeySet(keys)
+_NO_CACHE = re.compile(r"\bno-(?:store|cache)\b", re.IGNORECASE)
 
 
 def discovery_urls(issuer: str) -> list[str]:
@@ -116,7 +46,7 @@ def discovery_urls(issuer: str) -> list[str]:
 def cache_ttl(cache_control: str | None, *, default: float, minimum: float, maximum: float) -> float:
     """Seconds to keep a key set: ``max-age`` clamped to [minimum, maximum]; ``default`` without one."""
     if cache_control:
-        if re.search(r"\bno-(?:store|cache)\b", cache_control, re.IGNORECASE):
+        if _NO_CACHE.search(cache_control):
             return minimum
         m = _MAX_AGE.search(cache_control)
         if m:
@@ -124,16 +54,10 @@ def cache_ttl(cache_control: str | None, *, default: float, minimum: float, maxi
     return min(max(default, minimum), maximum)
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"non-JSON literal {name}")
-
-
-class FetchError(Exception):
-    """A fetch that failed: HTTP status, size, content or transport."""
-
-
 class KeySource:
     """A source of the current ``KeySet``. The static one never changes and never does I/O."""
+
+    closed = False
 
     def __init__(self, keys: KeySet) -> None:
         self.keys: KeySet | None = keys
@@ -154,15 +78,30 @@ class KeySource:
     async def start(self) -> None:
         """Load the keys now rather than at the first token."""
 
+    async def probe(self) -> None:
+        """Reach the key server once; raise ``FetchError`` with a one-line reason if keys cannot be had."""
+        if not self.keys:
+            raise FetchError("no usable key")
+
     async def aclose(self) -> None:
         """Release the HTTP client and cancel background work."""
+        self.closed = True
 
     def stats(self) -> dict[str, float]:
         return {"keys": float(len(self.keys or ()))}
 
 
+def static_source(keys: Sequence[VerifyKey]) -> KeySource:
+    return KeySource(KeySet(keys))
+
+
 class RemoteKeySource(KeySource):
-    """A JWKS fetched over HTTP, with discovery, caching, single flight and stale-if-error."""
+    """A JWKS fetched over HTTP, with discovery, caching, single flight and stale-if-error.
+
+    ``jitter``: a key set's lifetime is shortened by a random fraction of at most this much
+    (``random()`` in [0, 1) times ``jitter``), so processes that loaded keys together spread their
+    scheduled refreshes over the last ``jitter`` of the lifetime. ``random`` is injectable for tests.
+    """
 
     def __init__(
         self,
@@ -179,38 +118,42 @@ class RemoteKeySource(KeySource):
         max_ttl: float = 86400.0,
         min_refresh_interval: float = 1.0,
         max_backoff: float = 60.0,
+        jitter: float = 0.1,
+        random: Callable[[], float] | None = None,
         allow_insecure_http: bool = False,
+        http: JSONClient | None = None,
     ) -> None:
         if jwks_uri is None and issuer is None:
             raise ValueError("a remote key source needs jwks_uri or an issuer to discover it from")
+        if not 0 <= jitter < 1:
+            raise ValueError("jitter must be in [0, 1)")
         self.keys = None
         self.allowed = frozenset(allowed)
         self.clock = clock
         self.issuer = issuer
         self.jwks_uri = jwks_uri
-        self.http_timeout = http_timeout
         self.wait_timeout = wait_timeout
-        self.max_bytes = max_bytes
         self.default_ttl, self.min_ttl, self.max_ttl = default_ttl, min_ttl, max_ttl
         self.min_refresh_interval = min_refresh_interval
         self.max_backoff = max(max_backoff, min_refresh_interval)
+        self.jitter = jitter
+        self.random = random or _random.random
         self.allow_insecure_http = allow_insecure_http
-        self.fetches = 0
+        self.http = http or JSONClient(
+            timeout=http_timeout, max_bytes=max_bytes, allow_insecure_http=allow_insecure_http
+        )
         self.failures = 0
         self.last_error: str | None = None
         self._expires = 0.0
         self._next_allowed = float("-inf")
         self._loaded_at = 0.0
         self._task: asyncio.Task[KeySet] | None = None
-        self._client: httpx.AsyncClient | None = None
-        self._client_loop: asyncio.AbstractEventLoop | None = None
-        self._closed = False
 
     # -- the hot path -----------------------------------------------------------------------------
 
     def current(self) -> KeySet | None:
         keys = self.keys
-        if keys is not None and self._task is None:
+        if keys is not None and self._task is None and not self.closed:
             now = self.clock.monotonic()
             if now >= self._expires and now >= self._next_allowed:
                 self._spawn()  # stale-while-revalidate: the old keys answer meanwhile
@@ -246,7 +189,7 @@ class RemoteKeySource(KeySource):
         return max(0.0, self._next_allowed - self.clock.monotonic()) or self.min_refresh_interval
 
     def _spawn(self) -> None:
-        if self._closed:
+        if self.closed:
             raise TransientError("the key source is closed")
         task = asyncio.get_running_loop().create_task(self._refresh())
         task.add_done_callback(_consume)
@@ -268,9 +211,7 @@ class RemoteKeySource(KeySource):
     async def _refresh(self) -> KeySet:
         started = self.clock.monotonic()
         try:
-            uri = self.jwks_uri or await self._discover()
-            doc, cache_control = await self._get_json(uri)
-            keys = parse_jwks(doc, self.allowed, strict=False)
+            keys, cache_control = await self._load()
         except Exception as exc:
             self.failures += 1
             self.last_error = f"{type(exc).__name__}: {exc}"[:300]
@@ -290,16 +231,22 @@ class RemoteKeySource(KeySource):
         self.failures = 0
         self.last_error = None
         self._loaded_at = started
-        self._expires = started + ttl
+        self._expires = started + ttl * (1.0 - self.jitter * self.random())
         self._next_allowed = started + self.min_refresh_interval
         return keys
+
+    async def _load(self) -> tuple[KeySet, str | None]:
+        """Discovery when needed, then the JWKS: its usable keys and its ``Cache-Control``."""
+        uri = self.jwks_uri or await self._discover()
+        resp = await self.http.get(uri)
+        return parse_jwks(resp.data, self.allowed, strict=False), resp.headers.get("cache-control")
 
     async def _discover(self) -> str:
         assert self.issuer is not None
         last: Exception | None = None
         for url in discovery_urls(self.issuer):
             try:
-                meta, _ = await self._get_json(url)
+                meta = (await self.http.get(url)).data
             except FetchError as exc:
                 last = exc
                 continue
@@ -321,101 +268,44 @@ class RemoteKeySource(KeySource):
             return self.jwks_uri
         raise FetchError(f"discovery failed for {self.issuer}: {last}")
 
-    def _http(self) -> httpx.AsyncClient:
-        loop = asyncio.get_running_loop()
-        if self._client is not None and self._client_loop is not loop:
-            self._client = None  # made on another (now finished) event loop: its pool is unusable here
-        if self._client is None:
-            import httpx
-
-            self._client_loop = loop
-
-            self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(self.http_timeout),
-                follow_redirects=False,
-                # A key server's cookies are neither kept nor sent back: no state, no jar growing per fetch.
-                cookies=CookieJar(DefaultCookiePolicy(allowed_domains=[])),
-                # Only what _get_json inflates within max_bytes (httpx would inflate a whole chunk first).
-                headers={"Accept": "application/json", "Accept-Encoding": "gzip", "User-Agent": "fastapps-auth"},
-            )
-        return self._client
-
-    async def _get_json(self, url: str) -> tuple[Any, str | None]:
-        """GET ``url`` as JSON within ``http_timeout`` in total and ``max_bytes`` of (inflated) body."""
-        import httpx
-
-        self.fetches += 1
-        limit = self.max_bytes
-        try:
-            async with asyncio.timeout(self.http_timeout), self._http().stream("GET", url) as resp:
-                if resp.status_code != 200:
-                    raise FetchError(f"{url} answered HTTP {resp.status_code}")
-                declared = resp.headers.get("content-length")
-                if declared is not None and declared.isdigit() and int(declared) > limit:
-                    raise FetchError(f"{url}: response larger than {limit} bytes")
-                inflate = _inflater(url, resp.headers.get("content-encoding"))
-                body = bytearray()
-                async for chunk in resp.aiter_raw():
-                    if inflate is not None:
-                        try:  # never more than one byte past the limit, however small the chunk
-                            chunk = inflate.decompress(chunk, limit + 1 - len(body))
-                        except zlib.error:
-                            raise FetchError(f"{url}: invalid compressed body") from None
-                    body += chunk
-                    if len(body) > limit:
-                        raise FetchError(f"{url}: response larger than {limit} bytes")
-                if inflate is not None and not inflate.eof:
-                    raise FetchError(f"{url}: truncated compressed body")
-                cache_control = resp.headers.get("cache-control")
-        except TimeoutError:
-            raise FetchError(f"{url}: no answer within {self.http_timeout}s") from None
-        except httpx.HTTPError as exc:
-            raise FetchError(f"{url}: {type(exc).__name__}") from None
-        try:
-            return json.loads(body.decode("utf-8"), parse_constant=_reject_constant), cache_control
-        except (ValueError, RecursionError):
-            raise FetchError(f"{url}: not valid JSON") from None
-
     # -- lifecycle ------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self.wait_keys()
+        """Load the keys now. Never raises for an unreachable key server: logged once, retried on use."""
+        try:
+            await self.wait_keys()
+        except TransientError as exc:
+            if not self.failures:  # a failed refresh has logged itself; a slow one has not
+                logger.warning("JWKS not loaded at start (%s); retrying on use", exc)
+
+    async def probe(self) -> None:
+        """Fetch the metadata (when discovering) and the key set once; ``FetchError`` names what failed."""
+        if self.closed:
+            raise FetchError("the key source is closed")
+        keys, _ = await self._load()
+        if not keys:
+            algs = ", ".join(sorted(self.allowed))
+            raise FetchError(f"{self.jwks_uri or self.issuer}: no usable key for the configured algorithms ({algs})")
 
     async def aclose(self) -> None:
-        self._closed = True
+        self.closed = True
         task, self._task = self._task, None
         if task is not None and not task.done():
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task
-        client, self._client = self._client, None
-        if client is not None and self._client_loop is asyncio.get_running_loop():
-            await client.aclose()  # a client of a finished loop cannot be closed from this one: dropped
+        await self.http.aclose()
 
     def stats(self) -> dict[str, float]:
         out = super().stats()
-        out["jwks_fetches"] = float(self.fetches)
+        out["jwks_fetches"] = float(self.http.requests)
         out["jwks_failures"] = float(self.failures)
         if self.keys is not None:
             out["jwks_age_seconds"] = self.clock.monotonic() - self._loaded_at
         return out
 
 
-def _inflater(url: str, encoding: str | None) -> zlib._Decompress | None:
-    """A zlib decompressor for a gzip or deflate body, ``None`` for identity; other codings are refused."""
-    coding = (encoding or "identity").strip().lower()
-    if coding == "identity":
-        return None
-    if coding in ("gzip", "x-gzip", "deflate"):
-        return zlib.decompressobj(32 + zlib.MAX_WBITS)  # zlib or gzip header, detected
-    raise FetchError(f"{url}: unsupported Content-Encoding {coding[:40]!r}")
-
-
 def _consume(task: asyncio.Task[Any]) -> None:
     """Retrieve a background refresh's exception so asyncio does not report it as lost."""
     if not task.cancelled():
         task.exception()
-
-
-def static_source(keys: Sequence[VerifyKey]) -> KeySource:
-    return KeySource(KeySet(keys))
