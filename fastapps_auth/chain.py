@@ -219,6 +219,11 @@ class VerifierChain(Stage[ChainOptions]):
     def _components(self) -> list[Component[Any]]:
         return [*self.stages, *self.observers]
 
+    def bind_resource(self, resource_url: str) -> None:
+        """Tell every stage (nested ones too) the resource URL this chain protects (RFC 8707)."""
+        for stage in self.stages:
+            stage.bind_resource(resource_url)
+
     async def start(self) -> None:
         """Open every stage's resources now (pools, key sets) instead of on first use.
 
@@ -315,6 +320,10 @@ class AnyOf(Stage[ChainOptions]):
             )
         out.stage = self.name
         raise out
+
+    def bind_resource(self, resource_url: str) -> None:
+        for alt in self.alternatives:
+            alt.bind_resource(resource_url)
 
     async def start(self) -> None:
         await _start_all(self.alternatives)

@@ -174,3 +174,16 @@ async def test_starting_twice_still_warns_once(clock: ManualClock, caplog: pytes
     await st_.start()
     await st_.start()
     assert len([r for r in caplog.records if "checks no audience" in r.getMessage()]) == 1
+
+
+async def test_a_chain_passes_the_binding_to_nested_chains_and_alternatives(clock: ManualClock) -> None:
+    from fastapps_auth import AnyOf
+
+    direct, nested, alternative = stage(clock), stage(clock), stage(clock)
+    chain = VerifierChain(direct, clock=clock)
+    outer = VerifierChain(AnyOf(VerifierChain(nested, clock=clock), alternative, clock=clock), clock=clock)
+    chain.bind_resource(RESOURCE)
+    outer.bind_resource(RESOURCE)
+    for st_ in (direct, nested, alternative):
+        assert (await decide(st_, aud="https://other.example/mcp")).reason == "wrong_audience"
+        assert (await decide(st_, aud=RESOURCE)).allowed
