@@ -24,9 +24,9 @@ from limits.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateL
 from mcp.server.auth.provider import AccessToken
 
 from benchmarks.common import fmt_rate, table, write_page, write_results
-from fastapps_auth.backends.ratelimit_algorithm import Rule
-from fastapps_auth.backends.ratelimit_memory import MemoryRateLimitBackend
-from fastapps_auth.backends.ratelimit_redis import RedisRateLimitBackend
+from fastapps_auth.backends.ratelimit.algorithm import Rule
+from fastapps_auth.backends.ratelimit.memory import MemoryRateLimitBackend
+from fastapps_auth.backends.ratelimit.redis import RedisRateLimitBackend
 from fastapps_auth.clock import SYSTEM_CLOCK
 from fastapps_auth.errors import Rejected
 from fastapps_auth.stage import Verification

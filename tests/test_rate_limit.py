@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import tracemalloc
 from typing import Any
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from fastapps_auth import AccessToken, ConfigError, Rejected, RequestInfo, VerifierChain, request_context
-from fastapps_auth.backends.ratelimit import check_uri, open_rate_limit_backend
-from fastapps_auth.backends.ratelimit_algorithm import US, Rule
-from fastapps_auth.backends.ratelimit_memory import MemoryRateLimitBackend
+from fastapps_auth.backends.ratelimit import DEFAULT_TIMEOUT, check_uri, open_rate_limit_backend
+from fastapps_auth.backends.ratelimit.algorithm import US, Outcome, Rule
+from fastapps_auth.backends.ratelimit.memory import MemoryRateLimitBackend
 from fastapps_auth.clock import ManualClock
 from fastapps_auth.config import chain_from_config
 from fastapps_auth.stage import Verification
@@ -259,7 +261,19 @@ async def test_a_tier_keeps_its_own_count(clock: ManualClock) -> None:
         ({"limit": 1, "window": 1, "key": "email"}, "key", "unknown key"),
         ({"limit": 1, "window": 1, "backend": "mysql://x"}, "backend", "unsupported backend"),
         ({"limit": 1, "window": 1, "backend": "redis://cache.internal:6379"}, "backend", "rediss://"),
-        ({"limit": 1, "window": 1, "backend": "redis://:s3cret@127.0.0.1:port/0"}, "backend", "not a valid Redis URL"),
+        ({"limit": 1, "window": 1, "backend": "redis://:s3cret@127.0.0.1:port/0"}, "backend", "port must be a number"),
+        ({"limit": 1, "window": 1, "backend": "redis://127.0.0.1:7000?cluster=true"}, "backend", "redis+cluster://"),
+        ({"limit": 1, "window": 1, "backend": "redis://:s3cret@127.0.0.1?colour=red"}, "backend", "'colour'"),
+        ({"limit": 1, "window": 1, "backend": "redis+sentinel://127.0.0.1:26379"}, "backend", "service name"),
+        ({"limit": 1, "window": 1, "backend": "redis+cluster://127.0.0.1:7000/3"}, "backend", "only database 0"),
+        ({"limit": 1, "window": 1, "backend": "redis+cluster://127.0.0.1:7000,10.0.0.2:7000"}, "backend", "rediss+"),
+        ({"limit": 1, "window": 1, "backend": "redis://127.0.0.1,127.0.0.2"}, "backend", "names one server"),
+        ({"limit": 1, "window": 1, "backend": "redis://127.0.0.1?ssl_ca_certs=x"}, "backend", "needs TLS"),
+        ({"limit": 1, "window": 1, "backend": "memory://x"}, "backend", "nothing after"),
+        ({"limit": 1, "window": 1, "local_share": 0.5}, "local_share", "on_error = 'local'"),
+        ({"limit": 1, "window": 1, "on_error": "local", "local_share": 0}, "local_share", "greater than"),
+        ({"limit": 1, "window": 1, "on_error": "maybe"}, "on_error", "'local'"),
+        ({"limit": 1, "window": 1, "max_connections": 0}, "max_connections", "greater than or equal"),
         ({"limit": 1, "window": 1, "tiers": [{"limit": 5}]}, "tiers[0].scope", "exactly one"),
         ({"limit": 1, "window": 1, "tiers": [{"scope": "a", "claim": "b"}]}, "tiers[0].scope", "exactly one"),
         ({"limit": 1, "window": 1, "tiers": [{"claim": "plan", "limit": 5}]}, "tiers[0].value", "needs value"),
@@ -283,10 +297,10 @@ def test_bad_configuration_is_named_at_construction(options: dict[str, Any], key
     assert words in exc.value.detail
 
 
-def test_on_error_defaults_to_allow_and_timeout_to_100ms() -> None:
+def test_defaults_on_error_allow_timeout_and_connections() -> None:
     stage = RateLimitStage(limit=1, window=1)
-    assert stage.on_error == "allow"
-    assert stage.options.timeout == 0.1
+    assert stage.on_error == stage.policy == "allow"
+    assert (stage.options.timeout, stage.options.max_connections) == (DEFAULT_TIMEOUT, 32)
 
 
 def test_backend_uris() -> None:
@@ -429,3 +443,124 @@ async def test_the_decision_reports_the_tightest_of_several_stages(clock: Manual
     d = await reversed_chain.evaluate("user:bob")
     assert d.rate_limit is not None and (d.rate_limit.limit, d.rate_limit.remaining) == (3, 1)
     assert per_user.stats()["keys"] == 2 and per_client.stats()["keys"] == 1
+
+
+# -- keys of every JSON type ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [(1, "1"), (1, 2), (1.5, "1.5"), ("=1", 1), (10**200, "=" + "1" + "0" * 200), (True, "true")],
+    ids=["int-vs-str", "ints", "float-vs-str", "str-spelling-a-number", "huge-int-vs-str", "bool-vs-str"],
+)
+async def test_claim_values_of_different_types_keep_different_counts(clock: ManualClock, a: Any, b: Any) -> None:
+    stage = RateLimitStage(limit=1, window=3600, key="claim:org", clock=clock, on_error="deny")
+    chain = VerifierChain(ClaimsAuth({"org": a}), stage, clock=clock)
+    other = VerifierChain(ClaimsAuth({"org": b}), stage, clock=clock)
+    first, second = await chain.evaluate("t"), await other.evaluate("t")
+    if isinstance(a, bool):  # a boolean is no key: the stage says so (503 with deny), it never shares b's count
+        assert (first.status, second.allowed) == (503, True)
+        return
+    assert first.allowed and second.allowed
+    assert (await chain.evaluate("t")).status == (await other.evaluate("t")).status == 429
+
+
+async def test_a_float_claim_is_a_key_and_an_integral_one_is_its_integer(clock: ManualClock) -> None:
+    stage = RateLimitStage(limit=1, window=3600, key="claim:org", clock=clock, on_error="deny")
+    assert (await VerifierChain(ClaimsAuth({"org": 7.5}), stage, clock=clock).evaluate("t")).allowed
+    assert (await VerifierChain(ClaimsAuth({"org": 7.5}), stage, clock=clock).evaluate("t")).status == 429
+    assert (await VerifierChain(ClaimsAuth({"org": 7}), stage, clock=clock).evaluate("t")).allowed
+    assert (await VerifierChain(ClaimsAuth({"org": 7.0}), stage, clock=clock).evaluate("t")).status == 429
+
+
+@pytest.mark.parametrize("value", [None, [1], {"a": 1}, float("inf"), float("nan")])
+async def test_a_claim_that_is_no_key_is_said_so(clock: ManualClock, value: Any) -> None:
+    stage = RateLimitStage(limit=1, window=3600, key="claim:org", clock=clock, on_error="deny")
+    d = await VerifierChain(ClaimsAuth({"org": value}), stage, clock=clock).evaluate("t")
+    assert (d.status, d.stage) == (503, "rate-limit")
+
+
+# -- when the backend fails: on_error, stated once ------------------------------------------------
+
+
+async def test_on_error_local_enforces_a_share_of_the_rules_in_memory_and_says_so(
+    clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = FlakyStore(clock)
+    stage = RateLimitStage(limit=8, window=60, on_error="local", local_share=0.25, clock=clock, store=store)
+    chain = VerifierChain(TokenIsSubject(), stage, clock=clock)
+    assert (await chain.evaluate("user:alice")).allowed
+    store.down = True
+    decisions = [await chain.evaluate("user:alice") for _ in range(5)]
+    assert [d.allowed for d in decisions] == [True, True, False, False, False]  # 8 x 0.25 = 2, in this process
+    d = decisions[0]
+    assert not d.failed_open  # enforced, not failed open
+    backend, own = d.trace[-2:]
+    assert (backend.stage, backend.outcome, backend.reason, backend.error) == (
+        "rate-limit/backend",
+        "error-allowed",
+        "degraded-local",
+        "ConnectionError",
+    )
+    assert own.outcome == "passed" and d.rate_limit is not None and d.rate_limit.limit == 2
+    refused = decisions[-1]
+    assert (refused.status, refused.reason) == (429, "rate_limited")
+    assert refused.description == "rate limit exceeded (2 per 60s)"
+    assert refused.trace[-2].reason == "degraded-local"
+    stats = stage.stats()
+    assert (stats["local_checks"], stats["outages"], stats["outage_active"], stats["local_keys"]) == (5, 1, 1, 1)
+    assert len([r for r in caplog.records if r.levelname == "WARNING"]) == 1
+    assert "x0.25" in caplog.text and "ConnectionError: redis is down" in caplog.text
+    store.down = False
+    d = await chain.evaluate("user:alice")  # the backend decides again, with its own count
+    assert d.allowed and d.rate_limit is not None and d.rate_limit.remaining == 6 and len(d.trace) == 2
+    clock.advance(10)  # quiet for 10 s: the outage is over, said once, and the local counts let go
+    with caplog.at_level(logging.INFO, logger="fastapps_auth"):
+        assert (await chain.evaluate("user:alice")).allowed
+    assert "answers again" in caplog.text and "5 checks failed" in caplog.text
+    assert stage.stats()["outage_active"] == 0 and stage.stats()["local_keys"] == 0
+
+
+async def test_a_closed_stage_refuses_with_503_and_touches_nothing(clock: ManualClock) -> None:
+    store = FlakyStore(clock)
+    stage = RateLimitStage(limit=8, window=60, clock=clock, store=store)
+    chain = VerifierChain(TokenIsSubject(), stage, clock=clock)
+    assert (await chain.evaluate("user:alice")).allowed
+    await stage.aclose()
+    await stage.aclose()  # idempotent
+    assert stage.closed and store.closes == 1
+    d = await chain.evaluate("user:alice")
+    assert (d.allowed, d.status, d.error, d.stage) == (False, 503, "temporarily_unavailable", "rate-limit")
+    assert store.hits == 1
+
+
+class FlakyStore(MemoryRateLimitBackend):
+    """The memory backend, failing like an unreachable Redis while ``down``."""
+
+    __slots__ = ("closes", "down", "hits")
+
+    def __init__(self, clock: ManualClock) -> None:
+        super().__init__(clock=clock)
+        self.down = False
+        self.hits = 0
+        self.closes = 0
+
+    async def hit(self, key: str, rules: tuple[Rule, ...]) -> Outcome:
+        self.hits += 1
+        if self.down:
+            raise RedisConnectionError("redis is down")
+        return self.hit_now(key, rules)
+
+    async def aclose(self) -> None:
+        self.closes += 1
+
+
+class ClaimsAuth(TokenIsSubject):
+    """Authenticates any token with fixed claims."""
+
+    def __init__(self, claims: dict[str, Any]) -> None:
+        super().__init__()
+        self.claims = claims
+
+    async def __call__(self, v: Verification) -> None:
+        v.access_token = token("alice", **self.claims)
