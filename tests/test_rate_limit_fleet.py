@@ -116,7 +116,7 @@ def _connections_in_a_burst(url: str, prefix: str, name: str, n: int) -> dict[st
             seen.append(await _client_ids(name))
         done.set()
         await counter
-        peak = store.slots.peak
+        peak = store.peak
         await store.aclose()
         return {"warm": warm, "seen": seen, "most": most, "peak": peak, "after_close": await _client_ids(name)}
 

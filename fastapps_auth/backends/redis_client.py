@@ -205,7 +205,8 @@ def make_client(
     Nothing connects here: redis-py connects on first use (a cluster discovers its nodes then, under its lock).
     A single server's pool is a ``BlockingConnectionPool``: a caller waits for a free connection
     instead of opening more. A cluster's per-node pools and a Sentinel's pool refuse beyond
-    ``max_connections`` instead: bound the commands in flight to ``max_connections`` (``RedisSlots``).
+    ``max_connections`` instead (``MaxConnectionsError``): bound the commands in flight to ``max_connections``
+    (``needs_bound``) with a semaphore, whose waiting then counts inside the caller's timeout.
     """
     from redis.asyncio import BlockingConnectionPool, Redis
     from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -289,43 +290,9 @@ def _tls_options(url: RedisURL) -> dict[str, Any]:
     return out
 
 
-class RedisSlots:
-    """Counts the commands in flight on a client; for a cluster or Sentinel client, holds them to ``size``.
-
-    redis-py's cluster and Sentinel pools raise when they are exhausted, where a single server's
-    ``BlockingConnectionPool`` waits: a semaphore gives those the same waiting (counted inside the
-    caller's timeout). ``idle()`` lets a closing client first let its commands in flight end.
-    """
-
-    __slots__ = ("_idle", "_sem", "in_flight", "peak", "size")
-
-    def __init__(self, size: int, url: RedisURL) -> None:
-        if size < 1:
-            raise ValueError("max_connections must be at least 1")
-        self.size = size
-        self._sem = asyncio.Semaphore(size) if url.kind in ("cluster", "sentinel") else None
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self.in_flight = 0
-        self.peak = 0
-
-    async def __aenter__(self) -> None:
-        if self._sem is not None:
-            await self._sem.acquire()
-        self.in_flight += 1
-        self.peak = max(self.peak, self.in_flight)
-        self._idle.clear()
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.in_flight -= 1
-        if not self.in_flight:
-            self._idle.set()
-        if self._sem is not None:
-            self._sem.release()
-
-    async def idle(self) -> None:
-        """Return once nothing is in flight."""
-        await self._idle.wait()
+def needs_bound(url: RedisURL) -> bool:
+    """True if the client's pools refuse, rather than wait, beyond ``max_connections`` (cluster, Sentinel)."""
+    return url.kind in ("cluster", "sentinel")
 
 
 async def warm(client: Redis | RedisCluster, connections: int) -> None:

@@ -23,7 +23,7 @@ from redis.exceptions import AskError
 
 from fastapps_auth.backends import redis_client
 from fastapps_auth.backends.ratelimit.algorithm import LUA_GCRA, US, Outcome, Rule
-from fastapps_auth.backends.redis_client import CLUSTER_NODE, RedisSlots, RedisUnusable, RedisURL, parse_redis_url
+from fastapps_auth.backends.redis_client import CLUSTER_NODE, RedisUnusable, RedisURL, parse_redis_url
 from fastapps_auth.clock import Clock
 
 
@@ -69,7 +69,15 @@ class RedisRateLimitBackend:
             self.url, max_connections=max_connections, timeout=timeout, caller_bounds=True
         )
         self.script = self.client.register_script(LUA_GCRA)
-        self.slots = RedisSlots(max_connections, self.url)
+        self.max_connections = max_connections
+        # A cluster's or Sentinel's pools refuse when exhausted (a single server's pool waits): wait here.
+        self._bound = asyncio.Semaphore(max_connections) if redis_client.needs_bound(self.url) else None
+        self._tag = f"{prefix}:{{".encode()
+        #: Checks in progress (waiting for a connection included), the most at once, and "none now".
+        self.in_flight = 0
+        self.peak = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
         self.closed = False
         #: A lasting misconfiguration found at start or first use (a cluster node behind redis://).
         self.problem: str | None = None
@@ -82,18 +90,29 @@ class RedisRateLimitBackend:
 
     async def hit(self, key: str, rules: tuple[Rule, ...]) -> Outcome:
         self.calls += 1
+        # bytes: a key may hold a lone surrogate (any JSON string can), which strict UTF-8 refuses
+        tagged = self._tag + key.encode("utf-8", "surrogatepass") + b"}:"
+        keys = [tagged + r.ident.encode() for r in rules]
+        args = [b"" if self.clock is None else b"%d" % round(self.clock.time() * US)]
+        for r in rules:
+            args += (b"%d" % r.interval, b"%d" % r.tolerance)
+        bound = self._bound
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        self._idle.clear()
         try:
-            if self.problem is not None:
-                raise RedisUnusable(self.problem)
-            # bytes: a key may hold a lone surrogate (any JSON string can), which strict UTF-8 refuses
-            keys = [self.redis_key(key, r).encode("utf-8", "surrogatepass") for r in rules]
-            args: list[int | str] = ["" if self.clock is None else round(self.clock.time() * US)]
-            for r in rules:
-                args += (r.interval, r.tolerance)
-            async with asyncio.timeout(self.timeout), self.slots:
-                if self.closed:  # also after waiting for a slot: a closed backend opens nothing
-                    raise BackendClosed("the rate-limit backend is closed")
-                reply = await self.script(keys, args)
+            async with asyncio.timeout(self.timeout):
+                if bound is not None:
+                    await bound.acquire()
+                try:
+                    if self.closed:  # also after the wait: a closed backend opens nothing
+                        raise BackendClosed("the rate-limit backend is closed")
+                    if self.problem is not None:
+                        raise RedisUnusable(self.problem)
+                    reply = await self.script(keys, args)
+                finally:
+                    if bound is not None:
+                        bound.release()
             return _outcome(reply, len(rules))
         except AskError:
             self.errors += 1
@@ -104,6 +123,10 @@ class RedisRateLimitBackend:
         except BaseException:
             self.errors += 1
             raise
+        finally:
+            self.in_flight -= 1
+            if not self.in_flight:
+                self._idle.set()
 
     async def start(self) -> None:
         """Connect now: discover a cluster, open the connections, load the script; raise if Redis is unusable.
@@ -133,7 +156,7 @@ class RedisRateLimitBackend:
         self.closed = True
         try:
             async with asyncio.timeout(self.timeout):
-                await self.slots.idle()
+                await self._idle.wait()
         except TimeoutError:
             pass  # closing the client disconnects the connections still in use too
         await redis_client.close(self.client)
@@ -142,17 +165,22 @@ class RedisRateLimitBackend:
         return {
             "calls": float(self.calls),
             "errors": float(self.errors),
-            "in_flight": float(self.slots.in_flight),
-            "peak_in_flight": float(self.slots.peak),
-            "max_connections": float(self.slots.size),
+            "in_flight": float(self.in_flight),
+            "peak_in_flight": float(self.peak),
+            "max_connections": float(self.max_connections),
         }
 
 
 def _outcome(reply: Any, n_rules: int) -> Outcome:
     """The script's ``{allowed, rule, remaining, wait}``, checked: garbage from a server is an error, not a verdict."""
-    if not (isinstance(reply, list) and len(reply) == 4 and all(type(x) is int for x in reply)):
-        raise BadReply(f"unexpected reply to the rate-limit script: {type(reply).__name__}")
-    allowed, rule, remaining, wait = reply
-    if allowed not in (0, 1) or not 0 <= rule < n_rules or remaining < 0 or wait < 0:
-        raise BadReply("unexpected values in the reply to the rate-limit script")
-    return Outcome(allowed == 1, rule, remaining, wait)
+    if type(reply) is list and len(reply) == 4:
+        allowed, rule, remaining, wait = reply
+        if (
+            type(allowed) is type(rule) is type(remaining) is type(wait) is int
+            and allowed in (0, 1)
+            and 0 <= rule < n_rules
+            and remaining >= 0
+            and wait >= 0
+        ):
+            return Outcome(allowed == 1, rule, remaining, wait)
+    raise BadReply(f"unexpected reply to the rate-limit script ({type(reply).__name__})")
