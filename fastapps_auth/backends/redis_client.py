@@ -197,8 +197,8 @@ def make_client(
     """The redis-py asyncio client for ``url``: at most ``max_connections`` per server, no automatic resend.
 
     ``timeout`` bounds each connection attempt, each wait for a free connection, and each socket read
-    and write. ``caller_bounds=True`` keeps only the connection attempts bounded here, for a caller
-    that runs every operation under its own ``asyncio.timeout``: with a socket timeout, redis-py
+    and write. ``caller_bounds=True`` sets none of these, for a caller that runs every operation
+    under its own ``asyncio.timeout`` (Sentinel queries keep ``timeout``): with a socket timeout, redis-py
     runs each write under ``asyncio.wait_for``, a task per command on Python 3.11 and a large part
     of the client's cost of a call (docs/benchmarks/rate-limit.md).
 
@@ -218,7 +218,7 @@ def make_client(
 
     common: dict[str, Any] = {
         "socket_timeout": None if caller_bounds else timeout,
-        "socket_connect_timeout": timeout,
+        "socket_connect_timeout": None if caller_bounds else timeout,
         "health_check_interval": 0,
         "username": url.username,
         "password": url.password,

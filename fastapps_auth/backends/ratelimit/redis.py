@@ -26,6 +26,9 @@ from fastapps_auth.backends.ratelimit.algorithm import LUA_GCRA, US, Outcome, Ru
 from fastapps_auth.backends.redis_client import CLUSTER_NODE, RedisUnusable, RedisURL, parse_redis_url
 from fastapps_auth.clock import Clock
 
+#: The least time ``start()`` and ``probe()`` are given, seconds.
+START_TIMEOUT = 5.0
+
 
 class BackendClosed(RuntimeError):
     """A check after ``aclose()``: a closed backend opens no connection again."""
@@ -60,6 +63,8 @@ class RedisRateLimitBackend:
             raise ValueError("timeout must be positive")
         self.url = parse_redis_url(url) if isinstance(url, str) else url
         self.timeout = timeout
+        #: What ``start()`` and ``probe()`` may take: opening every connection, discovering a cluster.
+        self.start_timeout = max(2 * timeout, START_TIMEOUT)
         self.prefix = prefix
         self.clock = clock
         #: Connections ``start()`` opens (default: all of them, so a cold burst connects nothing).
@@ -131,11 +136,12 @@ class RedisRateLimitBackend:
     async def start(self) -> None:
         """Connect now: discover a cluster, open the connections, load the script; raise if Redis is unusable.
 
-        Bounded by twice ``timeout``. The stage logs a failure and goes on: checks connect on use.
+        Bounded by ``start_timeout`` (opening a whole pool on a busy host takes longer than one check
+        may). The stage logs a failure and goes on: checks connect on use.
         """
         if self.closed:
             raise BackendClosed("the rate-limit backend is closed")
-        async with asyncio.timeout(2 * self.timeout):
+        async with asyncio.timeout(self.start_timeout):
             await redis_client.warm(self.client, self.warm_connections)
             if self.url.kind != "cluster" and await redis_client.cluster_enabled(self.client):
                 self.problem = CLUSTER_NODE
@@ -146,7 +152,7 @@ class RedisRateLimitBackend:
         """Reach Redis once (every primary of a cluster); ``RedisUnusable`` with a one-line reason otherwise."""
         if self.closed:
             raise BackendClosed("the rate-limit backend is closed")
-        async with asyncio.timeout(2 * self.timeout):
+        async with asyncio.timeout(self.start_timeout):
             await redis_client.probe(self.client)
 
     async def aclose(self) -> None:
