@@ -59,7 +59,7 @@ _BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, 
 
 @dataclass(frozen=True, slots=True)
 class RedisURL:
-    """A validated Redis URL. ``str()`` gives it without its passwords (for logs and errors)."""
+    """A validated Redis URL. ``str()`` gives it without its credentials (for logs and errors)."""
 
     scheme: str
     kind: Kind
@@ -76,7 +76,7 @@ class RedisURL:
         return dict(self.params).get(name)
 
     def __str__(self) -> str:
-        user = f"{self.username or ''}:***@" if self.password else (f"{self.username}@" if self.username else "")
+        user = "***@" if self.username or self.password else ""
         if self.kind == "unix":
             return f"unix://{user}{self.path}" + (f"?db={self.db}" if self.db else "")
         hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.nodes)
@@ -94,9 +94,11 @@ def parse_redis_url(url: str, *, allow_plaintext: bool = False, plaintext_option
     """
     scheme, sep, rest = url.partition("://")
     scheme = scheme.lower()
-    if not sep or scheme not in SCHEMES:
-        known = ", ".join(f"{s}://" for s in SCHEMES)
-        raise ValueError(f"unsupported Redis URL scheme {scheme + '://' if sep else url[:20]!r} (use {known})")
+    known = ", ".join(f"{s}://" for s in SCHEMES)
+    if not sep:  # never echoed: what is not a URL may still hold a password
+        raise ValueError(f"not a Redis URL (expected scheme://host...; use {known})")
+    if scheme not in SCHEMES:
+        raise ValueError(f"unsupported Redis URL scheme {scheme[:20] + '://'!r} (use {known})")
     kind, tls = SCHEMES[scheme]
     if "#" in rest:
         raise ValueError("a Redis URL has no #fragment")
@@ -105,12 +107,10 @@ def parse_redis_url(url: str, *, allow_plaintext: bool = False, plaintext_option
     netloc, _, path = rest.partition("/")
     userinfo, at, hosts = netloc.rpartition("@")
     username = password = None
-    if at:
+    if at:  # user:password@, :password@, or user@ (a username alone, as redis-py reads it)
         user, colon, secret = userinfo.partition(":")
         username = unquote(user) or None
         password = unquote(secret) if colon else None
-        if not colon:  # redis://secret@host: a lone userinfo is a password, as redis-py reads it
-            username, password = None, unquote(user) or None
     if kind == "unix":
         if hosts:
             raise ValueError("unix:// takes a path, not a host: unix:///path/to/redis.sock")

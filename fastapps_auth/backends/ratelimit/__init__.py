@@ -52,7 +52,8 @@ def check_uri(uri: str, *, allow_plaintext: bool = False) -> str:
         return scheme
     if scheme not in REDIS_SCHEMES:
         known = ", ".join(f"{s}://" for s in SCHEMES)
-        raise ValueError(f"unsupported backend {scheme + '://' if '://' in uri else uri[:20]!r} (use {known})")
+        shown = f"{scheme[:20]}://" if "://" in uri else "(not a URI)"  # the rest may hold a password
+        raise ValueError(f"unsupported backend {shown!r} (use {known})")
     parse_redis_url(uri, allow_plaintext=allow_plaintext)
     return scheme
 
