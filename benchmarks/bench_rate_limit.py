@@ -1,8 +1,9 @@
 """Rate limiting: the documentation's RateLimitedVerifier, `limits` (moving window, sliding-window counter) and
-the rate-limit stage (GCRA), in memory and on Redis, at limits 100 and 10,000, one hot user and 100k users.
+the rate-limit stage (GCRA), in memory, on Redis and on a Redis Cluster, and cold bursts from several processes.
 
-Run: ``python -m benchmarks.bench_rate_limit [--smoke]``. Targets (issue 4): memory backend >= 500k checks/s
-for a hot user at a limit of 10,000, <= 150 bytes per key; a Redis check >= 0.85x a plain PING round trip.
+Run: ``python -m benchmarks rate_limit`` (or ``python -m benchmarks.bench_rate_limit [--smoke]``). Targets:
+memory backend >= 500k checks/s for a hot user at a limit of 10,000, <= 150 bytes per key; a Redis check
+>= 0.85x a PING on the same redis-py client; on a cluster >= 0.85x a PING to the node that owns the key.
 """
 
 from __future__ import annotations
@@ -13,29 +14,23 @@ import contextlib
 import itertools
 import time
 import tracemalloc
-import uuid
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from collections.abc import Callable
 
 from limits import RateLimitItemPerHour
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
 from mcp.server.auth.provider import AccessToken
 
+from benchmarks import rate_limit_redis
 from benchmarks.common import fmt_rate, table, write_page, write_results
-from fastapps_auth.backends.ratelimit_algorithm import Rule
-from fastapps_auth.backends.ratelimit_memory import MemoryRateLimitBackend
-from fastapps_auth.backends.ratelimit_redis import RedisRateLimitBackend
+from fastapps_auth.backends.ratelimit.algorithm import Rule
+from fastapps_auth.backends.ratelimit.memory import MemoryRateLimitBackend
 from fastapps_auth.clock import SYSTEM_CLOCK
 from fastapps_auth.errors import Rejected
 from fastapps_auth.stage import Verification
 from fastapps_auth.stages.rate_limit import RateLimitStage
 
-#: One awaited call of a benchmark contender.
-Call = Callable[[], Awaitable[object]]
-
-REDIS_URL = "redis://127.0.0.1:6379/13"
 WINDOW = 3600.0
 
 
@@ -56,8 +51,7 @@ class DocsRateLimiter:
         return True
 
 
-def users(n: int) -> list[str]:
-    return [f"user-{i:07d}" for i in range(n)]
+users = rate_limit_redis.users
 
 
 def memory_alternatives(limit: int) -> dict[str, Callable[[str], object]]:
@@ -186,78 +180,6 @@ def bytes_per_key(smoke: bool) -> dict[str, float]:
     return out
 
 
-async def alternate(calls: dict[str, Call], number: int) -> dict[str, float]:
-    """Round trips per second of each call, alternating call by call so that every one sees the same load."""
-    for fn in calls.values():
-        await fn()  # warm-up: connect, load the script
-    spent = dict.fromkeys(calls, 0.0)
-    clock = time.perf_counter
-    for _ in range(number):
-        for name, fn in calls.items():
-            t0 = clock()
-            await fn()
-            spent[name] += clock() - t0
-    return {name: number / s for name, s in spent.items()}
-
-
-async def bench_redis(smoke: bool) -> tuple[list[list[object]], dict[str, float]] | None:
-    import redis.asyncio as aioredis
-    from limits.aio.storage import RedisStorage
-    from limits.aio.strategies import MovingWindowRateLimiter as AMoving
-    from limits.aio.strategies import SlidingWindowCounterRateLimiter as ASWC
-
-    number = 100 if smoke else 3_000
-    tag = uuid.uuid4().hex[:10]
-    client = aioredis.Redis.from_url(REDIS_URL)
-    try:
-        await client.ping()
-    except OSError:
-        await client.aclose()
-        return None
-    ours = RedisRateLimitBackend(REDIS_URL, prefix=f"bench-rl-{tag}", timeout=1.0)
-    storage = RedisStorage("async+" + REDIS_URL, implementation="redispy", key_prefix=f"bench-lim-{tag}")
-    moving, swc = AMoving(storage), ASWC(storage)
-    rows: list[list[object]] = []
-    found: dict[str, float] = {}
-
-    def contenders(keys: Iterator[str], item: Any, rules: tuple[Rule, ...]) -> dict[str, Call]:
-        """One round trip of each, the next user from ``keys`` each time."""
-        return {
-            "PING": client.ping,
-            "limits MovingWindow": lambda: moving.hit(item, next(keys)),
-            "limits SlidingWindowCounter": lambda: swc.hit(item, next(keys)),
-            "rate-limit backend": lambda: ours.hit(next(keys), rules),
-        }
-
-    try:
-        many = users(1_000 if smoke else 100_000)
-        for limit in (100, 10_000):
-            item = RateLimitItemPerHour(limit)
-            rules = (Rule.make(limit, WINDOW),)
-            for label, keys in (("1 hot user", ["hot-user"]), (f"{len(many):,} users", many)):
-                r = await alternate(contenders(itertools.cycle(keys), item, rules), number)
-                best_limits = max(r["limits MovingWindow"], r["limits SlidingWindowCounter"])
-                found[f"{limit}/{label}"] = r["rate-limit backend"] / r["PING"]
-                found[f"{limit}/{label}/rate"] = r["rate-limit backend"]
-                found[f"{limit}/{label}/ping"] = r["PING"]
-                rows.append(
-                    [
-                        f"limit {limit:,}, {label}",
-                        *(fmt_rate(v) for v in r.values()),
-                        f"{r['rate-limit backend'] / r['PING']:.2f}x",
-                        f"{r['rate-limit backend'] / best_limits:.2f}x",
-                    ]
-                )
-    finally:
-        for pattern in (f"bench-rl-{tag}*", f"bench-lim-{tag}*"):
-            keys = [k async for k in client.scan_iter(match=pattern, count=5000)]
-            for i in range(0, len(keys), 5000):
-                await client.delete(*keys[i : i + 5000])
-        await ours.aclose()
-        await client.aclose()
-    return rows, found
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="a few seconds, no page written")
@@ -283,7 +205,6 @@ def main(argv: list[str] | None = None) -> None:
         ["memory per key (tracemalloc)", *per_key],
         [["bytes", *(f"{v:,.0f}" for v in per_key.values())]],
     )
-    redis_result = asyncio.run(bench_redis(smoke))
 
     hot = mem["10000/1 hot user"]
     parts = [
@@ -321,42 +242,7 @@ def main(argv: list[str] | None = None) -> None:
             "note": f"{ours_bytes:,.0f} B/key vs {per_key['limits SlidingWindowCounter']:,.0f}",
         },
     ]
-    if redis_result is None:
-        parts.append("\n## Redis\n\nRedis was not reachable on 127.0.0.1:6379: not measured.")
-    else:
-        redis_rows, red = redis_result
-        worst_key = min((k for k in red if "/" in k and not k.endswith(("/rate", "/ping"))), key=red.__getitem__)
-        worst = red[worst_key]
-        parts += [
-            "\n## Redis (one connection, sequential round trips)\n",
-            "Each check is one EVALSHA of the GCRA script, packed by the backend and sent on its own idle "
-            "connection; PING is `redis.asyncio.Redis.ping()`, redis-py's standard path (its pool included), "
-            "and `limits` uses the same redis-py client. The four calls alternate one by one, so all see the same "
-            "load.\n",
-            table(
-                [
-                    "scenario",
-                    "PING",
-                    "limits MovingWindow",
-                    "limits SlidingWindowCounter",
-                    "**rate-limit backend**",
-                    "backend / PING",
-                    "backend / best `limits`",
-                ],
-                redis_rows,
-            ),
-            "",
-            f"Target: a check >= 0.85x PING; worst scenario ({worst_key}) **{worst:.2f}x** "
-            f"({'met' if worst >= 0.85 else 'NOT met'}).",
-        ]
-        results.append(
-            {
-                "label": "rate-limit Redis check vs plain PING (worst scenario)",
-                "ratio": worst,
-                "target": 0.85,
-                "note": f"{fmt_rate(red[worst_key + '/rate'])} vs PING {fmt_rate(red[worst_key + '/ping'])}",
-            }
-        )
+    parts += rate_limit_redis.redis_parts(smoke, results)
     body = "\n".join(parts)
     print(body)
     if not smoke:

@@ -342,7 +342,8 @@ async def test_redis_fault_fails_open_by_default_then_resumes(redis_proxy: TCPPr
     inject(redis_proxy, fault)
     d = await bounded(chain.evaluate(token("alice")), 0.2)
     assert d.allowed and list(d.failed_open) == ["rate-limit"]  # the default policy, recorded on the decision
-    assert d.trace[-1].outcome == "error-allowed"
+    backend, own = d.trace[-2:]  # the stage applies on_error itself: its backend's failure has an entry of its own
+    assert (backend.stage, backend.outcome, own.outcome) == ("rate-limit/backend", "error-allowed", "passed")
 
     redis_proxy.restore()
 

@@ -1,54 +1,20 @@
-"""The rate-limit stage on the memory backend: rules, tiers, keys, 429s, fail-open, bounds."""
+"""The rate-limit stage on the memory backend: rules, tiers, 429s, configuration."""
 
 from __future__ import annotations
 
-import sys
-import tracemalloc
 from typing import Any
 
 import pytest
 
-from fastapps_auth import AccessToken, ConfigError, Rejected, RequestInfo, VerifierChain, request_context
-from fastapps_auth.backends.ratelimit import check_uri, open_rate_limit_backend
-from fastapps_auth.backends.ratelimit_algorithm import US, Rule
-from fastapps_auth.backends.ratelimit_memory import MemoryRateLimitBackend
+from fastapps_auth import ConfigError, Rejected, VerifierChain
+from fastapps_auth.backends.ratelimit import DEFAULT_TIMEOUT, check_uri, open_rate_limit_backend
+from fastapps_auth.backends.ratelimit.algorithm import Rule
+from fastapps_auth.backends.ratelimit.memory import MemoryRateLimitBackend
 from fastapps_auth.clock import ManualClock
 from fastapps_auth.config import chain_from_config
-from fastapps_auth.stage import Verification
 from fastapps_auth.stages.rate_limit import RateLimitStage
+from tests.support.rate_limit import admitted, token, verification
 from tests.support.stages import TokenIsSubject
-
-
-def token(
-    subject: str = "alice", *, client_id: str = "app", scopes: list[str] | None = None, **claims: Any
-) -> AccessToken:
-    return AccessToken(
-        token="t",
-        client_id=client_id,
-        scopes=scopes or [],
-        subject=subject,
-        claims={"sub": subject, **claims},
-        expires_at=None,
-    )
-
-
-def verification(clock: ManualClock, at: AccessToken | None = None, request: RequestInfo | None = None) -> Verification:
-    v = Verification("t", now=clock.time(), clock=clock, request=request)
-    v.access_token = at if at is not None else token()
-    return v
-
-
-async def admitted(stage: RateLimitStage, clock: ManualClock, n: int, at: AccessToken | None = None) -> int:
-    """How many of ``n`` back-to-back requests pass."""
-    ok = 0
-    for _ in range(n):
-        try:
-            await stage(verification(clock, at))
-            ok += 1
-        except Rejected:
-            pass
-    return ok
-
 
 # -- the rule -----------------------------------------------------------------------------------
 
@@ -137,77 +103,6 @@ async def test_keys_are_independent(clock: ManualClock) -> None:
     assert await admitted(stage, clock, 3, token("bob")) == 1
 
 
-# -- keys ---------------------------------------------------------------------------------------
-
-
-async def test_key_client_id_and_claim(clock: ManualClock) -> None:
-    by_client = RateLimitStage(limit=1, window=60, key="client_id", clock=clock)
-    assert await admitted(by_client, clock, 1, token("alice", client_id="app")) == 1
-    assert await admitted(by_client, clock, 1, token("bob", client_id="app")) == 0
-    by_org = RateLimitStage(limit=1, window=60, key="claim:org", clock=clock)
-    assert await admitted(by_org, clock, 1, token("alice", org="acme")) == 1
-    assert await admitted(by_org, clock, 1, token("bob", org="acme")) == 0
-    assert await admitted(by_org, clock, 1, token("carol", org="other")) == 1
-
-
-async def test_key_ip_reads_the_request_context(clock: ManualClock) -> None:
-    stage = RateLimitStage(limit=1, window=60, key="ip", clock=clock)
-    await stage(verification(clock, token("alice"), RequestInfo(client_ip="10.0.0.1")))
-    with pytest.raises(Rejected):
-        await stage(verification(clock, token("bob"), RequestInfo(client_ip="10.0.0.1")))
-    await stage(verification(clock, token("alice"), RequestInfo(client_ip="10.0.0.2")))
-
-
-@pytest.mark.parametrize(
-    ("first", "same", "other"),
-    [
-        # one subscriber holds a whole /64: any address in it is the same client
-        ("2001:db8:1:2::1", "2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:3::1"),
-        # a dual-stack listener's view of an IPv4 client is that IPv4 client, not one bucket for all of IPv4
-        ("192.0.2.1", "::ffff:192.0.2.1", "::ffff:192.0.2.2"),
-    ],
-    ids=["ipv6-by-64", "ipv4-mapped"],
-)
-async def test_key_ip_groups_an_ipv6_subscriber(clock: ManualClock, first: str, same: str, other: str) -> None:
-    stage = RateLimitStage(limit=1, window=60, key="ip", clock=clock)
-    await stage(verification(clock, token("alice"), RequestInfo(client_ip=first)))
-    with pytest.raises(Rejected):
-        await stage(verification(clock, token("alice"), RequestInfo(client_ip=same)))
-    await stage(verification(clock, token("alice"), RequestInfo(client_ip=other)))
-
-
-async def test_key_ip_without_middleware_fails_open_by_default_and_says_why(
-    clock: ManualClock, caplog: pytest.LogCaptureFixture
-) -> None:
-    chain = VerifierChain(TokenIsSubject(), RateLimitStage(limit=1, window=60, key="ip"), clock=clock)
-    d = await chain.evaluate("user:alice")
-    assert d.allowed and list(d.failed_open) == ["rate-limit"]
-    assert "request context" in caplog.text and "middleware" in caplog.text
-    with request_context(RequestInfo(client_ip="10.1.1.1")):
-        assert (await chain.evaluate("user:alice")).allowed
-        d = await chain.evaluate("user:alice")
-    assert (d.allowed, d.status, d.reason) == (False, 429, "rate_limited")
-
-
-async def test_missing_claim_key_denies_with_503_when_on_error_is_deny(clock: ManualClock) -> None:
-    chain = VerifierChain(
-        TokenIsSubject(), RateLimitStage(limit=1, window=60, key="claim:org", on_error="deny"), clock=clock
-    )
-    d = await chain.evaluate("user:alice")
-    assert (d.allowed, d.status, d.stage) == (False, 503, "rate-limit")
-
-
-async def test_long_keys_are_hashed_so_memory_per_key_stays_bounded(clock: ManualClock) -> None:
-    store = MemoryRateLimitBackend(clock=clock)
-    stage = RateLimitStage(limit=1, window=60, clock=clock, store=store)
-    long = "x" * 10_000
-    await stage(verification(clock, token(long)))
-    assert store.peek(long) is None
-    assert len(store) == 1
-    with pytest.raises(Rejected):
-        await stage(verification(clock, token(long)))
-
-
 # -- tiers --------------------------------------------------------------------------------------
 
 
@@ -259,7 +154,19 @@ async def test_a_tier_keeps_its_own_count(clock: ManualClock) -> None:
         ({"limit": 1, "window": 1, "key": "email"}, "key", "unknown key"),
         ({"limit": 1, "window": 1, "backend": "mysql://x"}, "backend", "unsupported backend"),
         ({"limit": 1, "window": 1, "backend": "redis://cache.internal:6379"}, "backend", "rediss://"),
-        ({"limit": 1, "window": 1, "backend": "redis://:s3cret@127.0.0.1:port/0"}, "backend", "not a valid Redis URL"),
+        ({"limit": 1, "window": 1, "backend": "redis://:s3cret@127.0.0.1:port/0"}, "backend", "port must be a number"),
+        ({"limit": 1, "window": 1, "backend": "redis://127.0.0.1:7000?cluster=true"}, "backend", "redis+cluster://"),
+        ({"limit": 1, "window": 1, "backend": "redis://:s3cret@127.0.0.1?colour=red"}, "backend", "'colour'"),
+        ({"limit": 1, "window": 1, "backend": "redis+sentinel://127.0.0.1:26379"}, "backend", "service name"),
+        ({"limit": 1, "window": 1, "backend": "redis+cluster://127.0.0.1:7000/3"}, "backend", "only database 0"),
+        ({"limit": 1, "window": 1, "backend": "redis+cluster://127.0.0.1:7000,10.0.0.2:7000"}, "backend", "rediss+"),
+        ({"limit": 1, "window": 1, "backend": "redis://127.0.0.1,127.0.0.2"}, "backend", "names one server"),
+        ({"limit": 1, "window": 1, "backend": "redis://127.0.0.1?ssl_ca_certs=x"}, "backend", "needs TLS"),
+        ({"limit": 1, "window": 1, "backend": "memory://x"}, "backend", "nothing after"),
+        ({"limit": 1, "window": 1, "local_share": 0.5}, "local_share", "on_error = 'local'"),
+        ({"limit": 1, "window": 1, "on_error": "local", "local_share": 0}, "local_share", "greater than"),
+        ({"limit": 1, "window": 1, "on_error": "maybe"}, "on_error", "'local'"),
+        ({"limit": 1, "window": 1, "max_connections": 0}, "max_connections", "greater than or equal"),
         ({"limit": 1, "window": 1, "tiers": [{"limit": 5}]}, "tiers[0].scope", "exactly one"),
         ({"limit": 1, "window": 1, "tiers": [{"scope": "a", "claim": "b"}]}, "tiers[0].scope", "exactly one"),
         ({"limit": 1, "window": 1, "tiers": [{"claim": "plan", "limit": 5}]}, "tiers[0].value", "needs value"),
@@ -283,10 +190,10 @@ def test_bad_configuration_is_named_at_construction(options: dict[str, Any], key
     assert words in exc.value.detail
 
 
-def test_on_error_defaults_to_allow_and_timeout_to_100ms() -> None:
+def test_defaults_on_error_allow_timeout_and_connections() -> None:
     stage = RateLimitStage(limit=1, window=1)
-    assert stage.on_error == "allow"
-    assert stage.options.timeout == 0.1
+    assert stage.on_error == stage.policy == "allow"
+    assert (stage.options.timeout, stage.options.max_connections) == (DEFAULT_TIMEOUT, 32)
 
 
 def test_backend_uris() -> None:
@@ -334,79 +241,6 @@ async def test_from_config_file_shape_through_the_chain(clock: ManualClock) -> N
     assert d.retry_after == pytest.approx(1800.0)
     assert d.rate_limit is not None and d.rate_limit.remaining == 0
     assert d.as_dict()["rate_limit"] == {"limit": 2, "remaining": 0, "reset": d.retry_after}
-
-
-# -- memory backend bounds ----------------------------------------------------------------------
-
-
-def test_memory_keys_never_exceed_max_keys_and_active_keys_survive(clock: ManualClock) -> None:
-    store = MemoryRateLimitBackend(max_keys=1000, clock=clock)
-    rules = (Rule.make(1, 3600),)
-    assert store.hit_now("hot", rules).allowed
-    for i in range(20_000):
-        store.hit_now(f"user-{i}", rules)
-        assert len(store) <= 1000
-        if i % 100 == 0:  # the hot user keeps coming back: it is never forgotten, so stays limited
-            assert not store.hit_now("hot", rules).allowed
-    assert store.rotations > 0 and store.dropped > 0
-    assert store.stats()["keys"] == len(store)
-
-
-def test_memory_forgets_idle_keys_first(clock: ManualClock) -> None:
-    store = MemoryRateLimitBackend(max_keys=10, clock=clock)
-    rules = (Rule.make(1, 3600),)
-    store.hit_now("idle", rules)
-    for i in range(10):
-        store.hit_now(f"k{i}", rules)
-    assert store.peek("idle") is None  # forgotten after max_keys/2 newer keys arrived twice over
-    assert store.peek("k9") is not None
-
-
-def _deep_size(store: MemoryRateLimitBackend) -> int:
-    """Bytes held by the store's dicts, keys and values, rounded to pymalloc's 16-byte blocks."""
-    total = 0
-    for d in (store._young, store._old):
-        total += sys.getsizeof(d)
-        for k, v in d.items():
-            total += -(-sys.getsizeof(k) // 16) * 16 + -(-sys.getsizeof(v) // 16) * 16
-    return total
-
-
-def test_memory_per_key_is_at_most_150_bytes_over_a_million_keys(clock: ManualClock) -> None:
-    store = MemoryRateLimitBackend(max_keys=1_000_000, clock=clock)
-    rules = (Rule.make(10_000, 3600),)
-    hit = store.hit_now
-    for i in range(1_000_000):
-        hit(f"user-{i:07d}", rules)  # 12-character keys, like short subjects
-    assert len(store) == 1_000_000
-    per_key = _deep_size(store) / 1_000_000
-    assert per_key <= 150, per_key
-
-
-def test_tracemalloc_agrees_with_the_size_accounting(clock: ManualClock) -> None:
-    """What the allocator really handed out (keys included), on a sample small enough to trace quickly."""
-    store = MemoryRateLimitBackend(max_keys=1_000_000, clock=clock)
-    rules = (Rule.make(10_000, 3600),)
-    n = 60_000
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        for i in range(n):
-            store.hit_now(f"user-{i:07d}", rules)
-        used = tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
-    assert used / n <= 150, used / n
-    assert abs(used - _deep_size(store)) / used < 0.1
-
-
-def test_tats_are_integer_microseconds_of_the_injected_clock(clock: ManualClock) -> None:
-    store = MemoryRateLimitBackend(clock=clock)
-    rules = (Rule.make(4, 2),)
-    start = store.now()
-    assert start == round(clock.monotonic() * US)  # to the nearest microsecond
-    store.hit_now("a", rules)
-    assert store.peek("a") == start + 500_000
 
 
 async def test_a_key_cannot_spell_another_tiers_key(clock: ManualClock) -> None:

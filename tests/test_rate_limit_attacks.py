@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from redis.crc import key_slot
 
 from fastapps_auth import AccessToken, ConfigError, Rejected, VerifierChain
-from fastapps_auth.backends.ratelimit_memory import MemoryRateLimitBackend
+from fastapps_auth.backends.ratelimit.memory import MemoryRateLimitBackend
 from fastapps_auth.clock import ManualClock
 from fastapps_auth.config import chain_from_config
 from fastapps_auth.stage import Verification

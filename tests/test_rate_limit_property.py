@@ -14,8 +14,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from fastapps_auth.backends.ratelimit_algorithm import US, Outcome, Rule, check
-from fastapps_auth.backends.ratelimit_memory import MemoryRateLimitBackend
+from fastapps_auth.backends.ratelimit.algorithm import US, Outcome, Rule, check
+from fastapps_auth.backends.ratelimit.memory import MemoryRateLimitBackend
 from fastapps_auth.clock import ManualClock
 
 rule_params = st.tuples(

@@ -1,85 +1,80 @@
 """The ``rate-limit`` stage: GCRA rules per subject, client, claim or IP, in memory or on Redis.
 
 The stage knows the rules (and which tier of them applies to a token); the
-backend knows where the state lives (``memory://`` or ``redis://``). A refusal
-is a 429 ``rate_limited`` with the exact seconds until a request would be
-admitted; every check also exposes limit/remaining/reset of the tightest rule
-on the Decision for the RateLimit headers. A backend failure fails open by
-default (``on_error = "allow"``), as Envoy and Kong do.
+backend knows where the state lives (``memory://``, or Redis: one server,
+Cluster, Sentinel). A refusal is a 429 ``rate_limited`` with the exact seconds
+until a request would be admitted; every check also exposes limit/remaining/reset
+of the tightest rule on the Decision for the RateLimit headers.
+
+When the backend fails, the stage applies ``on_error`` itself, so that an outage
+is one warning, not one per request: ``allow`` (the default, as Envoy and Kong
+do) lets the request through and records it in ``Decision.failed_open``;
+``deny`` answers 503; ``local`` enforces the same rules (times ``local_share``)
+in this process's memory until the backend answers again. Each such check adds a
+trace entry ``<name>/backend`` saying which, and ``stats()`` counts them.
 """
 
 from __future__ import annotations
 
-import hashlib
+import logging
 import re
-from collections.abc import Sequence
-from typing import Annotated, Any, ClassVar
+from time import perf_counter
+from typing import Any, ClassVar, Literal
 
 from mcp.server.auth.provider import AccessToken
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import Field
 
-from fastapps_auth.backends.ratelimit import RateLimitBackend, open_rate_limit_backend
-from fastapps_auth.backends.ratelimit_algorithm import US, Rule
+from fastapps_auth.backends.ratelimit import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_TIMEOUT,
+    RateLimitBackend,
+    open_rate_limit_backend,
+)
+from fastapps_auth.backends.ratelimit.algorithm import US, Outcome, Rule
+from fastapps_auth.backends.ratelimit.memory import MemoryRateLimitBackend
+from fastapps_auth.backends.ratelimit.outage import Outage
+from fastapps_auth.backends.redis_client import CLUSTER_NODE, one_line, parse_redis_url
 from fastapps_auth.clock import Clock
-from fastapps_auth.component import ComponentOptions, OnError
-from fastapps_auth.decision import RateLimitInfo
+from fastapps_auth.component import ComponentOptions
+from fastapps_auth.decision import Outcome as TraceOutcome
+from fastapps_auth.decision import RateLimitInfo, StageTrace
 from fastapps_auth.errors import ConfigError, Rejected, TransientError
-from fastapps_auth.keys import KEY_HELP, KeySelector
+from fastapps_auth.keys import KEY_HELP, MAX_KEY_CHARS, KeySelector, stored_key
 from fastapps_auth.stage import Stage, StageOptions, Verification
+from fastapps_auth.stages.rate_limit_rules import (
+    Duration,
+    RuleOptions,
+    Tier,
+    TierOptions,
+    compile_rules,
+    compile_tier,
+)
 
-#: Keys longer than this are stored as their SHA-256 (bounds memory per key whatever the claim holds).
-MAX_KEY_CHARS = 128
-#: First characters a key is never stored with: "#" marks a digest, "}" would end the Redis hash tag at once.
-_NOT_FIRST = frozenset("#}")
+__all__ = ["MAX_KEY_CHARS", "RateLimitOptions", "RateLimitStage", "stored_key"]
 
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|min|m|h|d)?\s*$")
+logger = logging.getLogger("fastapps_auth")
 
-
-def parse_duration(value: Any) -> Any:
-    """Seconds as a number, or a string such as ``"1s"``, ``"10m"``, ``"1h"``, ``"1d"``, ``"250ms"``."""
-    if isinstance(value, str):
-        m = _DURATION.match(value)
-        if not m:
-            raise ValueError("a duration is a number of seconds or a string like '30s', '10m', '1h', '1d'")
-        return float(m.group(1)) * _UNITS[m.group(2) or "s"]
-    return value
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0, allow_inf_nan=False)]
-
-
-class RuleOptions(BaseModel):
-    """One rule: ``limit`` requests per ``window``, with bursts of up to ``burst``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    limit: int = Field(ge=1, description="Requests admitted per window.")
-    window: Duration = Field(description="Window in seconds (or '1s', '10m', '1h', '1d').")
-    burst: int | None = Field(default=None, ge=1, description="Requests admitted at once from idle (default: limit).")
-
-
-class TierOptions(BaseModel):
-    """Rules that replace the default ones for tokens with a scope, or with a claim value."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    scope: str | None = Field(default=None, description="Tokens granted this scope get this tier.")
-    claim: str | None = Field(default=None, description="Tokens whose claim `claim` equals (or contains) `value`.")
-    value: str | int | bool | None = Field(default=None, description="The claim value that selects this tier.")
-    limit: int | None = Field(default=None, ge=1, description="This tier's limit (window: the default rule's).")
-    window: Duration | None = Field(default=None, description="This tier's window.")
-    burst: int | None = Field(default=None, ge=1, description="This tier's burst (default: its limit).")
-    rules: list[RuleOptions] | None = Field(default=None, description="Several rules for this tier.")
-    unlimited: bool = Field(default=False, description="Tokens of this tier are not rate limited.")
+RateLimitOnError = Literal["deny", "allow", "local"]
+_CONSEQUENCE = {
+    "allow": "requests pass without a rate limit (failed open, recorded in each decision)",
+    "deny": "requests are refused with 503",
+    "local": "each process enforces the rules in its own memory (x{share:g})",
+}
 
 
 class RateLimitOptions(StageOptions):
     """Options of the ``rate-limit`` stage."""
 
-    on_error: OnError = Field(
+    on_error: RateLimitOnError = Field(  # type: ignore[assignment]  # widens StageOptions' deny/allow
         default="allow",
-        description="Backend down or slower than `timeout`: allow (fail open, recorded; the default) or deny (503).",
+        description="Backend down or slower than `timeout`: allow (fail open, recorded; the default), deny (503), "
+        "or local (the same rules in this process's memory, times local_share, until the backend is back).",
+    )
+    local_share: float = Field(
+        default=1.0,
+        gt=0,
+        le=1,
+        description="on_error = local: the part of each limit one process enforces alone (e.g. 0.25 for 4 workers).",
     )
     limit: int | None = Field(default=None, ge=1, description="Requests admitted per window (one rule).")
     window: Duration | None = Field(
@@ -98,95 +93,23 @@ class RateLimitOptions(StageOptions):
     )
     key: str = Field(default="subject", description=f"What is limited: {KEY_HELP} (ip needs the HTTP middleware).")
     backend: str = Field(
-        default="memory://", description="Where counts live: memory:// (this process) or redis://host:port/db."
+        default="memory://",
+        description="Where counts live: memory:// (this process), redis://host:port/db, "
+        "redis+cluster://host:port,host:port, redis+sentinel://host:port/service (rediss… for TLS).",
     )
     max_keys: int = Field(
-        default=100_000, ge=2, description="memory://: most keys kept; idle keys beyond it are forgotten."
+        default=100_000, ge=2, description="memory:// (and on_error = local): most keys kept; idle ones are forgotten."
     )
-    timeout: float = Field(default=0.1, gt=0, description="Redis: seconds a check may take before on_error applies.")
+    timeout: float = Field(
+        default=DEFAULT_TIMEOUT,
+        gt=0,
+        description="Redis: seconds a check may take, waiting for a free connection included, before on_error applies.",
+    )
+    max_connections: int = Field(
+        default=DEFAULT_MAX_CONNECTIONS, ge=1, description="Redis: connections (checks in flight) per process and node."
+    )
     prefix: str = Field(default="fastapps-auth:rl", description="Redis: key prefix (stage name and key follow).")
     insecure_backend: bool = Field(default=False, description="Allow redis:// (no TLS) to a host other than loopback.")
-
-
-class _Tier:
-    """Compiled tier: how it matches, its rules (``None`` = unlimited), its storage-key prefix."""
-
-    __slots__ = ("claim", "descriptions", "prefix", "rules", "scope", "value")
-
-    def __init__(
-        self,
-        rules: tuple[Rule, ...] | None,
-        prefix: str,
-        *,
-        scope: str | None = None,
-        claim: str | None = None,
-        value: Any = None,
-    ) -> None:
-        self.rules = rules
-        self.prefix = prefix
-        self.scope = scope
-        self.claim = claim
-        self.value = value
-        # Client-safe 429 text per rule, built once (the exact wait travels in Retry-After).
-        self.descriptions = tuple(f"rate limit exceeded ({r.limit} per {r.window:g}s)" for r in rules or ())
-
-    def matches(self, at: AccessToken | None) -> bool:
-        if at is None:
-            return False
-        if self.scope is not None:
-            return self.scope in at.scopes
-        got = (at.claims or {}).get(self.claim or "")
-        if isinstance(got, list):
-            return any(_same(g, self.value) for g in got)
-        if isinstance(got, str) and isinstance(self.value, str) and " " in got:
-            return self.value in got.split()  # space-separated lists, as in `scope`
-        return _same(got, self.value)
-
-
-def _same(a: Any, b: Any) -> bool:
-    return isinstance(a, bool) == isinstance(b, bool) and a == b
-
-
-def _compile(
-    limit: int | None,
-    window: float | None,
-    burst: int | None,
-    rules: Sequence[RuleOptions] | None,
-    *,
-    stage: str,
-    where: str,
-    default_window: float | None = None,
-) -> tuple[Rule, ...]:
-    """The rules of the top level or of a tier; ``ConfigError`` naming the key for any inconsistency."""
-    key = f"{where}." if where else ""
-    try:
-        if rules is not None:
-            if limit is not None or window is not None or burst is not None:
-                raise ConfigError("give either rules, or limit/window/burst, not both", stage=stage, key=f"{key}rules")
-            if not rules:
-                raise ConfigError("needs at least one rule", stage=stage, key=f"{key}rules")
-            return tuple(Rule.make(r.limit, r.window, r.burst) for r in rules)
-        if limit is None:
-            raise ConfigError(
-                "needs limit and window (or rules = [{limit=..., window=...}, ...])", stage=stage, key=f"{key}limit"
-            )
-        w = window if window is not None else default_window
-        if w is None:
-            raise ConfigError("needs window (seconds, or '1s', '10m', '1h')", stage=stage, key=f"{key}window")
-        return (Rule.make(limit, w, burst),)
-    except ValueError as exc:
-        if isinstance(exc, ConfigError):
-            raise
-        raise ConfigError(str(exc), stage=stage, key=f"{key}burst") from None
-
-
-def stored_key(key: str) -> str:
-    """``#`` and the SHA-256 of ``key``: the stored form of a key too long, empty, or starting with ``#`` or ``}``.
-
-    No key is stored as itself with a leading ``#``, so no short key can spell another key's digest; and
-    every stored key is a non-empty Redis hash tag, so all rules of a key share one Cluster slot.
-    """
-    return "#" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class RateLimitStage(Stage[RateLimitOptions]):
@@ -209,40 +132,37 @@ class RateLimitStage(Stage[RateLimitOptions]):
     ) -> None:
         super().__init__(options, clock=clock, **kwargs)
         o = self.options
-        self._key = KeySelector(o.key, stage=self.name)
+        self.policy: RateLimitOnError = o.on_error
+        # What the chain applies to failures this stage does not handle itself (a missing key): "local"
+        # cannot help there, so it fails open like "allow".
+        self.on_error = "deny" if o.on_error == "deny" else "allow"
+        self._key = KeySelector(o.key, stage=self.name, stored=True)
         self._missing = (
             f"rate-limit key 'ip' needs the client address recorded by the HTTP middleware "
             f"(fastapps_auth.integrations); stage {self.name!r} ran without a request context"
             if self._key.kind == "ip"
-            else f"rate-limit key {o.key!r} is missing from the token (stage {self.name!r})"
+            else f"rate-limit key {o.key!r} is missing from the token, or not a string or number (stage {self.name!r})"
         )
-        default = _compile(o.limit, o.window, o.burst, o.rules, stage=self.name, where="")
+        share = o.local_share
+        if share != 1.0 and o.on_error != "local":
+            raise ConfigError("local_share applies only with on_error = 'local'", stage=self.name, key="local_share")
+        default = compile_rules(o.limit, o.window, o.burst, o.rules, stage=self.name, where="")
         self.rules = default
         # With tiers, every stored key carries its tier's prefix ("d:" or "t<i>:"), so no key of one
         # tier can spell a key of another.
-        self._default = _Tier(default, "d:" if o.tiers else "")
-        self._tiers = tuple(self._tier(i, t, default) for i, t in enumerate(o.tiers))
+        self._default = Tier(default, "d:" if o.tiers else "", local_share=share)
+        self._tiers = tuple(
+            compile_tier(i, t, default, stage=self.name, local_share=share) for i, t in enumerate(o.tiers)
+        )
         self._backend: RateLimitBackend = store if store is not None else self._open(o)
-        self._closed = False
-
-    def _tier(self, i: int, t: TierOptions, default: tuple[Rule, ...]) -> _Tier:
-        where = f"tiers[{i}]"
-        if (t.scope is None) == (t.claim is None):
-            raise ConfigError("a tier names exactly one of scope or claim", stage=self.name, key=f"{where}.scope")
-        if t.claim is not None and t.value is None:
-            raise ConfigError("a claim tier needs value", stage=self.name, key=f"{where}.value")
-        if t.scope is not None and t.value is not None:
-            raise ConfigError("value goes with claim, not scope", stage=self.name, key=f"{where}.value")
-        if t.unlimited:
-            if t.limit is not None or t.window is not None or t.burst is not None or t.rules is not None:
-                raise ConfigError("an unlimited tier has no rules", stage=self.name, key=f"{where}.unlimited")
-            rules: tuple[Rule, ...] | None = None
-        else:
-            default_window = default[0].window if len(default) == 1 else None
-            rules = _compile(
-                t.limit, t.window, t.burst, t.rules, stage=self.name, where=where, default_window=default_window
-            )
-        return _Tier(rules, f"t{i}:", scope=t.scope, claim=t.claim, value=t.value)
+        self._local = MemoryRateLimitBackend(max_keys=o.max_keys, clock=self.clock) if o.on_error == "local" else None
+        backend_name = _safe(o.backend) if store is None else type(store).__name__
+        self._outage = Outage(f"rate-limit stage {self.name!r}: {backend_name}", clock=self.clock)
+        self._consequence = _CONSEQUENCE[o.on_error].format(share=share)
+        self._backend_trace = f"{self.name}/backend"
+        self.failed_open = 0
+        self.denied = 0
+        self.local_checks = 0
 
     def _open(self, o: RateLimitOptions) -> RateLimitBackend:
         safe_name = re.sub(r"[{}\s]", "_", self.name)
@@ -254,6 +174,7 @@ class RateLimitStage(Stage[RateLimitOptions]):
                 timeout=o.timeout,
                 prefix=f"{o.prefix}:{safe_name}:{o.key}",
                 allow_plaintext=o.insecure_backend,
+                max_connections=o.max_connections,
             )
         except ImportError as exc:
             raise ConfigError(
@@ -272,13 +193,15 @@ class RateLimitStage(Stage[RateLimitOptions]):
         """The rules that apply to ``at`` (``None`` when its tier is unlimited)."""
         return self._select(at).rules
 
-    def _select(self, at: AccessToken | None) -> _Tier:
+    def _select(self, at: AccessToken | None) -> Tier:
         for tier in self._tiers:
             if tier.matches(at):
                 return tier
         return self._default
 
     async def __call__(self, v: Verification) -> None:
+        if self.closed:
+            raise _unavailable(self.retry_after)
         key = self._key(v)
         if key is None:
             raise TransientError(self._missing)
@@ -286,11 +209,40 @@ class RateLimitStage(Stage[RateLimitOptions]):
         rules = tier.rules
         if rules is None:
             return
-        if len(key) > MAX_KEY_CHARS or not key or key[0] in _NOT_FIRST:
-            key = stored_key(key)
         if tier.prefix:
             key = tier.prefix + key
-        out = await self._backend.hit(key, rules)
+        descriptions = tier.descriptions
+        t0 = perf_counter()
+        try:
+            out = await self._backend.hit(key, rules)
+        except Exception as exc:  # the backend failed: this stage's on_error, logged once per outage
+            self._outage.failure(exc, self._consequence)
+            if self._local is None or tier.local_rules is None:
+                self._refuse_or_pass(v, exc, perf_counter() - t0)
+                return
+            rules, descriptions = tier.local_rules, tier.local_descriptions
+            out = self._local.hit_now(key, rules)
+            self.local_checks += 1
+            self._trace(v, "error-allowed", perf_counter() - t0, "degraded-local", exc)
+        else:
+            if self._outage.active and self._outage.success() and self._local is not None:
+                self._local.clear()  # the backend decides again; what was counted locally is let go
+        self._apply(v, out, rules, descriptions)
+
+    def _refuse_or_pass(self, v: Verification, exc: Exception, duration: float) -> None:
+        if self.policy == "deny":
+            self.denied += 1
+            self._trace(v, "error-denied", duration, "unavailable", exc)
+            raise _unavailable(self.retry_after) from None
+        self.failed_open += 1
+        self._trace(v, "error-allowed", duration, "failed-open", exc)
+        v.failed_open.append(self.name)
+
+    def _trace(self, v: Verification, outcome: TraceOutcome, duration: float, reason: str, exc: Exception) -> None:
+        v.trace.append(StageTrace(self._backend_trace, outcome, duration, None, reason, type(exc).__name__))
+
+    @staticmethod
+    def _apply(v: Verification, out: Outcome, rules: tuple[Rule, ...], descriptions: tuple[str, ...]) -> None:
         rule = rules[out.rule]
         wait = out.wait / US
         if out.allowed:
@@ -299,25 +251,72 @@ class RateLimitStage(Stage[RateLimitOptions]):
                 v.rate_limit = RateLimitInfo(rule.limit, out.remaining, wait, rule.window, rule.policy)
             return
         v.rate_limit = RateLimitInfo(rule.limit, 0, wait, rule.window, rule.policy)
-        raise Rejected(
-            "rate_limited",
-            tier.descriptions[out.rule],
-            error="rate_limited",
-            status=429,
-            retry_after=wait,
-        )
+        raise Rejected("rate_limited", descriptions[out.rule], error="rate_limited", status=429, retry_after=wait)
 
     async def start(self) -> None:
-        """Connect to Redis now (one PING) instead of at the first request."""
-        ping = getattr(self._backend, "ping", None)
-        if ping is not None:
-            await ping()
+        """Connect to Redis now (warm connections, load the script). Never raises: Redis may come later."""
+        start = getattr(self._backend, "start", None)
+        if start is None or self.closed:
+            return
+        try:
+            await start()
+        except Exception as exc:
+            message = one_line(exc)
+            level = logging.ERROR if CLUSTER_NODE in message else logging.WARNING
+            logger.log(
+                level,
+                "rate-limit stage %r: %s could not be reached at start (%s); checks will connect on use",
+                self.name,
+                _safe(self.options.backend),
+                message,
+            )
+
+    async def probe(self) -> None:
+        """Reach the backend once: Redis PING (every primary of a cluster), a cluster node behind redis:// refused."""
+        probe = getattr(self._backend, "probe", None)
+        if probe is not None:
+            await probe()
 
     async def aclose(self) -> None:
-        if self._closed:
+        if self.closed:
             return
-        self._closed = True
+        self.closed = True
         await self._backend.aclose()
+        if self._local is not None:
+            self._local.clear()
 
     def stats(self) -> dict[str, float]:
-        return self._backend.stats()
+        out = dict(self._backend.stats())
+        out.update(
+            backend_failures=float(self._outage.total_failures),
+            outages=float(self._outage.outages),
+            outage_active=float(self._outage.active),
+            failed_open=float(self.failed_open),
+            denied_unavailable=float(self.denied),
+        )
+        if self._local is not None:
+            out.update(local_checks=float(self.local_checks), local_keys=float(len(self._local)))
+        return out
+
+
+def _unavailable(retry_after: float) -> Rejected:
+    """The 503 the chain gives a transient failure, raised here so that the chain does not log it again.
+
+    (The cause is logged once per outage and named in the trace; it is never sent to the client.)
+    """
+    return Rejected(
+        "unavailable",
+        "the authorization service is temporarily unavailable",
+        error="temporarily_unavailable",
+        status=503,
+        retry_after=retry_after,
+        transient=True,
+    )
+
+
+def _safe(uri: str) -> str:
+    """``uri`` as logs may show it: a Redis URL without its passwords."""
+    try:
+        return str(parse_redis_url(uri, allow_plaintext=True))
+    except ValueError:
+        return uri.partition("://")[0] + "://"
