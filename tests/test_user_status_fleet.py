@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import subprocess
 import sys
+import tomllib
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,7 +21,7 @@ import asyncpg
 import httpx
 import pytest
 
-from fastapps_auth import ManualClock
+from fastapps_auth import ManualClock, chain_from_config
 from fastapps_auth.backends.users import StoreUnavailable
 from tests.support import pg_servers
 from tests.support.user_status import UserStatusChains
@@ -64,6 +66,17 @@ def through(port: int) -> str:
 
 def listen_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR and "LISTEN" in r.getMessage()]
+
+
+def test_the_documented_pgbouncer_setup_builds() -> None:
+    text = (ROOT / "docs" / "stages" / "user-status.md").read_text()
+    block = re.search(r"```toml\n((?:(?!```).)*DATABASE_POOLER_URL(?:(?!```).)*)```", text, re.S)
+    assert block is not None, "docs/stages/user-status.md shows no PgBouncer setup"
+    env = {"DATABASE_POOLER_URL": "postgresql://app@pgbouncer/app", "DATABASE_DIRECT_URL": "postgresql://app@db/app"}
+    (stage,) = chain_from_config(tomllib.loads(block.group(1)), env=env).stages
+    options = stage.options
+    assert (options.dsn, options.listen_dsn) == (env["DATABASE_POOLER_URL"], env["DATABASE_DIRECT_URL"])
+    assert options.statement_cache_size == 0
 
 
 # -- PgBouncer in transaction mode ------------------------------------------------------------------------------
