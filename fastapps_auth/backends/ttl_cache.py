@@ -67,8 +67,10 @@ class TTLCache(Generic[K, V]):
 
     def get(self, key: K) -> tuple[bool, V | None]:
         """``(True, value)`` for a live entry, else ``(False, None)``."""
-        entry = self._entries.get(key)
-        return (False, None) if entry is None else (True, entry[0])
+        try:
+            return True, self._entries[key][0]
+        except KeyError:
+            return False, None
 
     def set(self, key: K, value: V, ttl: float) -> None:
         """Store ``value`` for ``ttl`` seconds (``ttl <= 0`` stores nothing)."""
@@ -100,11 +102,13 @@ class TTLCache(Generic[K, V]):
         One load per key at a time; its exception reaches every caller and nothing is
         cached. A caller that is cancelled does not cancel the load for the others.
         """
-        entry = self._entries.get(key)
-        if entry is not None:
+        try:
+            value = self._entries[key][0]  # one lookup (``get`` would make two)
+        except KeyError:
+            self.misses += 1
+        else:
             self.hits += 1
-            return entry[0], True
-        self.misses += 1
+            return value, True
         fut = self._inflight.get(key)
         # A load cancelled before it ran (a loop shutting down) or left on another loop is no load to join.
         if fut is None or fut.done() or fut.get_loop() is not asyncio.get_running_loop():
