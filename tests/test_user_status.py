@@ -78,7 +78,7 @@ class GatedStore:
         await self.gate.wait()
         return await self.inner.fetch(key)
 
-    def listen(self, on_key: Callable[[str], None], on_reset: Callable[[], None]) -> None:
+    def listen(self, channel: str, on_key: Callable[[str], None], on_reset: Callable[[], None]) -> None:
         raise NotImplementedError
 
     async def wait_listening(self, within: float) -> bool:

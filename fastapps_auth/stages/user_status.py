@@ -146,7 +146,7 @@ class UserStatusStage(Stage[UserStatusOptions]):
                     stage=self.name,
                     key="notify_channel",
                 )
-            self._store.listen(self.invalidate, self.invalidate_all)
+            self._store.listen(o.notify_channel, self.invalidate, self.invalidate_all)
         self._reported: set[str] = set()
         self.invalidations = 0
 

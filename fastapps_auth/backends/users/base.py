@@ -103,8 +103,8 @@ class UserStore(Protocol):
         """The row for ``key`` (column name → value), or ``None``. A failure is ``StoreUnavailable``."""
         ...
 
-    def listen(self, on_key: Callable[[str], None], on_reset: Callable[[], None]) -> None:
-        """Deliver each changed key to ``on_key``; ``on_reset`` when some changes may have been missed.
+    def listen(self, channel: str, on_key: Callable[[str], None], on_reset: Callable[[], None]) -> None:
+        """Deliver each key changed on ``channel`` to ``on_key``; ``on_reset`` when some may have been missed.
 
         Called only on a store that ``notifies``.
         """

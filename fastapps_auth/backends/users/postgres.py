@@ -146,22 +146,16 @@ class PostgresUserStore:
 
     # -- LISTEN --------------------------------------------------------------------------------------
 
-    def listen(self, on_key: Callable[[str], None], on_reset: Callable[[], None]) -> None:
-        """Listen on ``notify_channel`` (at ``listen_dsn``, else ``dsn``) from ``start`` or the first lookup."""
+    def listen(self, channel: str, on_key: Callable[[str], None], on_reset: Callable[[], None]) -> None:
+        """Listen on ``channel`` (at ``listen_dsn``, else ``dsn``) from ``start`` or the first lookup on."""
         o = self.options
-        if o.notify_channel is None:
-            raise ValueError("listen() needs the notify_channel option")
-        self._listener = PostgresListener(o.listen_dsn or o.dsn, o.notify_channel, on_key, on_reset, timeout=o.timeout)
+        self._listener = PostgresListener(o.listen_dsn or o.dsn, channel, on_key, on_reset, timeout=o.timeout)
 
     async def wait_listening(self, within: float) -> bool:
         if self._listener is None or self.closed:
             return False
         self._listener.ensure_running()
         return await self._listener.wait_connected(within)
-
-    @property
-    def listener(self) -> PostgresListener | None:
-        return self._listener
 
     # -- lifecycle -----------------------------------------------------------------------------------
 

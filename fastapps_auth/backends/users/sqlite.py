@@ -127,7 +127,7 @@ class SqliteUserStore:
             return dict(zip(row.keys(), row, strict=True))
         return None
 
-    def listen(self, on_key: Callable[[str], None], on_reset: Callable[[], None]) -> None:
+    def listen(self, channel: str, on_key: Callable[[str], None], on_reset: Callable[[], None]) -> None:
         raise NotImplementedError("SQLite cannot push changes")
 
     async def wait_listening(self, within: float) -> bool:
