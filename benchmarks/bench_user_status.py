@@ -310,7 +310,7 @@ async def measure(smoke: bool) -> tuple[str, list[dict[str, Any]]]:
         f"a bare queue with no health checks or timeouts ({fmt_rate(rates[(bare_label, 1)])}, "
         f"{ratio(bare_label, docs_label, 1):.0f}x the documentation's pattern); the stage, with the pool, its "
         f"timeout and its rule, reaches {ratio(light, bare_label, 1):.0%} of it sequentially and "
-        f"{ratio(light, bare_label, CONCURRENCY):.0%} with {CONCURRENCY} tasks. How far that is above 50x depends "
+        f"{ratio(light, bare_label, CONCURRENCY):.0%} with {CONCURRENCY} tasks. Whether that clears 50x depends "
         "on how slow connecting is on the machine at the time: both the documentation's pattern (a new server "
         "process per verification) and a round trip slow down under load, by different amounts.\n\n"
         "**The light reset** (the pool's `reset=` hook runs no query when a lookup gives its connection back) vs "
