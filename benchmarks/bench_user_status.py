@@ -7,16 +7,19 @@ All against the real PostgreSQL on 127.0.0.1:5432 (database ``test``, a temporar
 
 - docs pattern: ``asyncpg.connect`` + ``fetchrow`` + ``close`` per verification (the MCP
   documentation's ``DatabaseVerifier``);
-- a plain ``asyncpg.create_pool`` (defaults) running the same query;
+- a plain ``asyncpg.create_pool`` (defaults: asyncpg's reset query on every release) running the
+  same query;
+- the same pool with the light reset (``reset=`` hook), a lookup the way the stage makes it (one
+  ``asyncio.timeout`` around ``acquire`` and ``fetchrow``), and the same with ``acquire(timeout=)``
+  as well: the two ways to bound a lookup's wait;
 - the stage with the cache off (``cache_ttl = 0``, ``negative_ttl = 0``: every lookup is
-  answered by the database): with its defaults (light pool reset, batching of concurrent
-  lookups), with ``pool_reset = "full"`` (asyncpg's reset query on every release), and with
-  ``batch_max_size = 1`` (one query per lookup);
+  answered by the database): with its defaults (light pool reset), and with
+  ``pool_reset = "full"``;
 - a reference point, not a design: 10 open connections handed out by a bare queue;
 - the stage with the cache on (every user cached).
 
 Each call is one user-status check of a verification that is already authenticated (the JWT
-part is the same for all and is not measured here). Users rotate through the 1000. Five
+part is the same for all and is not measured here). Users rotate through the 1000. Seven
 rounds; each measures every variant once (set up, warmed, measured, closed), and the table
 shows the median.
 """
@@ -104,6 +107,25 @@ def asyncpg_pool(query: str, users: list[str], pool: asyncpg.Pool) -> Callable[[
     return check
 
 
+def bounded_lookup(
+    query: str, users: list[str], pool: asyncpg.Pool, *, acquire_timeout: bool
+) -> Callable[[], Awaitable[object]]:
+    """One lookup under ``asyncio.timeout`` (the stage's way), or with ``acquire(timeout=)`` too."""
+    nxt = rotating(users)
+    wait = 1.0 if acquire_timeout else None
+
+    async def check() -> bool:
+        async with asyncio.timeout(1.0), pool.acquire(timeout=wait) as con:
+            row = await con.fetchrow(query, nxt())
+        return row is not None and row["active"] and not row["banned"]
+
+    return check
+
+
+async def _no_reset(_con: asyncpg.Connection) -> None:
+    """The light reset: nothing to undo after the one read."""
+
+
 def stage_check(stage: UserStatusStage, users: list[str]) -> Callable[[], Awaitable[object]]:
     vs = itertools.cycle([verification(u) for u in users])
 
@@ -134,7 +156,7 @@ async def measure(smoke: bool) -> tuple[str, list[dict[str, Any]]]:
     await admin.execute(f"CREATE TABLE {name} (id text PRIMARY KEY, active boolean, banned boolean)")
     rows_in = [(u, i % 10 != 0, i % 25 == 0) for i, u in enumerate(users)]
     await admin.executemany(f"INSERT INTO {name} VALUES ($1, $2, $3)", rows_in)
-    rounds = 1 if smoke else 5
+    rounds = 1 if smoke else 7
     n_docs, n_pool, n_cache = (8, 100, 1000) if smoke else (200, 3000, 200_000)
 
     async def nothing() -> None:
@@ -146,6 +168,13 @@ async def measure(smoke: bool) -> tuple[str, list[dict[str, Any]]]:
     async def plain_pool() -> Variant:
         apool = await asyncpg.create_pool(DSN, min_size=10, max_size=10)
         return Variant(asyncpg_pool(query, users, apool), apool.close)
+
+    def light_pool(*, acquire_timeout: bool) -> Setup:
+        async def setup() -> Variant:
+            apool = await asyncpg.create_pool(DSN, min_size=10, max_size=10, reset=_no_reset)
+            return Variant(bounded_lookup(query, users, apool, acquire_timeout=acquire_timeout), apool.close)
+
+        return setup
 
     async def bare() -> Variant:
         cons = [await asyncpg.connect(DSN) for _ in range(10)]
@@ -169,20 +198,22 @@ async def measure(smoke: bool) -> tuple[str, list[dict[str, Any]]]:
         return setup
 
     off: dict[str, Any] = {"cache_ttl": 0, "negative_ttl": 0}
-    docs_label, light = "docs pattern (connect + fetchrow + close)", "stage, cache off (defaults: batching on)"
+    docs_label, light = "docs pattern (connect + fetchrow + close)", "stage, cache off (defaults)"
     apl, full = "asyncpg.create_pool + fetchrow (defaults)", "stage, cache off, pool_reset=full"
-    single, bare_label = "stage, cache off, batch_max_size=1 (no batching)", "(reference: 10 open connections, no pool)"
+    one_timer = "create_pool(reset=light), asyncio.timeout + fetchrow"
+    two_timers = "create_pool(reset=light), asyncio.timeout + acquire(timeout=) + fetchrow"
+    bare_label = "(reference: 10 open connections, no pool)"
     variants: list[tuple[str, Setup, int]] = [
         (docs_label, docs, n_docs),
         (apl, plain_pool, n_pool),
+        (one_timer, light_pool(acquire_timeout=False), n_pool),
+        (two_timers, light_pool(acquire_timeout=True), n_pool),
         (full, stage(**off, pool_reset="full"), n_pool),
-        (single, stage(**off, batch_max_size=1), n_pool),
         (light, stage(**off), n_pool),
         (bare_label, bare, n_pool),
         ("stage, cache on", stage(warm=True, cache_ttl=3600, negative_ttl=3600), n_cache),
     ]
     samples: dict[tuple[str, int], list[float]] = {}
-    per_query: list[float] = []  # lookups per query of the default stage with 50 tasks
     try:
         # Round-robin: each round measures every variant once, so a change in the machine's load during
         # the run falls on all of them alike. One variant's connections at a time (the documentation's
@@ -193,14 +224,8 @@ async def measure(smoke: bool) -> tuple[str, list[dict[str, Any]]]:
                 try:
                     await asyncio.gather(*(v.check() for _ in range(CONCURRENCY)))  # connections open, prepare
                     for conc in (1, CONCURRENCY):
-                        before = v.stage.stats() if v.stage is not None else {}
                         r = await arate(v.check, number=number, rounds=1, concurrency=conc)
                         samples.setdefault((label, conc), []).append(r)
-                        if label == light and conc == CONCURRENCY and v.stage is not None:
-                            after = v.stage.stats()
-                            per_query.append(
-                                (after["lookups"] - before["lookups"]) / max(1.0, after["queries"] - before["queries"])
-                            )
                 finally:
                     await v.close()
     finally:
@@ -249,20 +274,14 @@ async def measure(smoke: bool) -> tuple[str, list[dict[str, Any]]]:
         }
         for conc, tag in ((1, "sequential"), (CONCURRENCY, f"{CONCURRENCY} tasks"))
     ]
-    results.append(
+    results += [
         {
-            "label": "stage (cache off) vs plain asyncpg pool, 50 tasks",
-            "ratio": ratio(light, apl, CONCURRENCY),
-            "note": f"{fmt_rate(rates[(light, CONCURRENCY)])} vs {fmt_rate(rates[(apl, CONCURRENCY)])}",
+            "label": f"stage (cache off) vs plain asyncpg pool, {tag}",
+            "ratio": ratio(light, apl, conc),
+            "note": f"{fmt_rate(rates[(light, conc)])} vs {fmt_rate(rates[(apl, conc)])}",
         }
-    )
-    results.append(
-        {
-            "label": "batching on vs off, 50 tasks",
-            "ratio": ratio(light, single, CONCURRENCY),
-            "note": f"{statistics.median(per_query):.1f} lookups per query",
-        }
-    )
+        for conc, tag in ((1, "sequential"), (CONCURRENCY, f"{CONCURRENCY} tasks"))
+    ]
     results.append(
         {
             "label": "pool_reset light vs full, sequential",
@@ -270,19 +289,15 @@ async def measure(smoke: bool) -> tuple[str, list[dict[str, Any]]]:
             "note": f"{fmt_rate(rates[(light, 1)])} vs {fmt_rate(rates[(full, 1)])}",
         }
     )
-    lpq = statistics.median(per_query)
+    results.append(
+        {
+            "label": "one asyncio.timeout vs also acquire(timeout=), sequential",
+            "ratio": ratio(one_timer, two_timers, 1),
+            "note": f"{fmt_rate(rates[(one_timer, 1)])} vs {fmt_rate(rates[(two_timers, 1)])}",
+        }
+    )
     summary = (
         f"{md}\n\n"
-        f"**With {CONCURRENCY} tasks** the stage sent one query per {lpq:.1f} lookups (median over the rounds). "
-        "A lookup that finds a query slot free sends its own one-key query at once; lookups of different "
-        "users that arrive while the slots are busy go out together, as soon as one returns, as one "
-        "`unnest($1::text[]) WITH ORDINALITY ... CROSS JOIN LATERAL (<the query> LIMIT 1)` query. Every "
-        "lookup is still answered by the database, from a read that started after it arrived; only the "
-        "round trips are shared. Batching on vs off (`batch_max_size = 1`, one query per lookup): "
-        f"{ratio(light, single, CONCURRENCY):.2f}x. The reference row, which needs a round trip per lookup, "
-        "reaches "
-        f"{fmt_rate(rates[(bare_label, CONCURRENCY)])} ({ratio(bare_label, docs_label, CONCURRENCY):.0f}x the "
-        f"documentation's pattern); the stage {ratio(light, bare_label, CONCURRENCY):.1f}x that.\n\n"
         "**Targets** (median of the per-round ratios, each round measuring the documentation's pattern and "
         "the stage seconds apart): cache off "
         f"{statistics.median(paired(light, 1)):.0f}x sequential (rounds: "
@@ -290,18 +305,22 @@ async def measure(smoke: bool) -> tuple[str, list[dict[str, Any]]]:
         f"{statistics.median(paired(light, CONCURRENCY)):.0f}x with {CONCURRENCY} tasks; cache on "
         f"{statistics.median(paired('stage, cache on', 1)):,.0f}x and "
         f"{statistics.median(paired('stage, cache on', CONCURRENCY)):,.0f}x.\n\n"
-        "**Sequentially** there is nothing to share: a lone lookup is never held back for a batch, and "
-        "every verification is one round trip. The ceiling is the reference row, 10 connections that are "
-        f"already open, handed out by a bare queue with no health checks or timeouts "
-        f"({fmt_rate(rates[(bare_label, 1)])}, {ratio(bare_label, docs_label, 1):.0f}x the documentation's "
-        f"pattern); the stage, with its pool, timeouts and rule, reaches {ratio(light, bare_label, 1):.0%} "
-        "of it. Whether that clears 50x depends on how slow connecting is on the machine at the time: "
-        "both the documentation's pattern (a new server process per verification) and a round trip slow "
-        "down under load, by different amounts.\n\n"
-        f"Light pool reset (no `RESET ALL` round trip on release) vs asyncpg's default: "
-        f"{ratio(light, full, 1):.2f}x sequential. The stage with its cache off vs a plain "
-        f"`asyncpg.create_pool`: {ratio(light, apl, 1):.2f}x sequential, {ratio(light, apl, CONCURRENCY):.2f}x "
-        f"with {CONCURRENCY} tasks."
+        "**Every lookup is one round trip** on a connection of asyncpg's pool: sequentially there is "
+        "nothing to share, and the ceiling is the reference row, 10 connections already open, handed out by "
+        f"a bare queue with no health checks or timeouts ({fmt_rate(rates[(bare_label, 1)])}, "
+        f"{ratio(bare_label, docs_label, 1):.0f}x the documentation's pattern); the stage, with the pool, its "
+        f"timeout and its rule, reaches {ratio(light, bare_label, 1):.0%} of it sequentially and "
+        f"{ratio(light, bare_label, CONCURRENCY):.0%} with {CONCURRENCY} tasks. Whether that clears 50x depends "
+        "on how slow connecting is on the machine at the time: both the documentation's pattern (a new server "
+        "process per verification) and a round trip slow down under load, by different amounts.\n\n"
+        "**The light reset** (the pool's `reset=` hook runs no query when a lookup gives its connection back) vs "
+        f"asyncpg's default `RESET ALL` round trip: {ratio(light, full, 1):.2f}x sequential; the stage vs a plain "
+        f"`asyncpg.create_pool` with its defaults: {ratio(light, apl, 1):.2f}x sequential, "
+        f"{ratio(light, apl, CONCURRENCY):.2f}x with {CONCURRENCY} tasks.\n\n"
+        "**Bounding the wait**: one `asyncio.timeout` around `acquire` and `fetchrow` (the stage's way) vs adding "
+        f"`acquire(timeout=)`, which on Python 3.11 runs the acquire in a task of its own: "
+        f"{ratio(one_timer, two_timers, 1):.2f}x sequential, {ratio(one_timer, two_timers, CONCURRENCY):.2f}x with "
+        f"{CONCURRENCY} tasks."
     )
     return summary, results
 
@@ -318,7 +337,7 @@ def main() -> int:
     print(summary)
     if not args.smoke:
         body = (
-            "Targets (issue 3): cache off >= 50x the documentation's pattern; cache on >= 1000x.\n\n"
+            "Targets (issues 3 and 16): cache off >= 50x the documentation's pattern; cache on >= 1000x.\n\n"
             + (__doc__ or "").split("\n\n", 1)[1]
             + "\n\n"
             + summary

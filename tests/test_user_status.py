@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -19,8 +19,13 @@ from fastapps_auth import (
     VerifierChain,
     chain_from_config,
 )
-from fastapps_auth.backends.sqlite import SqliteUserStore, create_demo_database, sqlite_path, to_sqlite_placeholders
-from fastapps_auth.backends.users import StoreUnavailable, check_query
+from fastapps_auth.backends.users import StoreUnavailable, UserStoreOptions
+from fastapps_auth.backends.users.sqlite import (
+    SqliteUserStore,
+    create_demo_database,
+    sqlite_path,
+    to_sqlite_placeholders,
+)
 from fastapps_auth.stages.user_status import MAX_KEY_CHARS, UserStatusStage, verdict
 from tests.support.stages import registered
 from tests.support.user_status import TokenUser, UserStatusChains
@@ -48,10 +53,14 @@ def set_user(path: Path, user: str, *, active: bool = True, banned: bool = False
         db.execute("INSERT OR REPLACE INTO users VALUES (?, ?, ?)", (user, active, banned))
 
 
+def sqlite_store(path: Path, query: str = "SELECT active, banned FROM users WHERE id = $1") -> SqliteUserStore:
+    return SqliteUserStore(UserStoreOptions(dsn=f"sqlite:///{path}", query=query))
+
+
 class GatedStore:
     """Wraps a real store; every fetch waits for ``gate`` (to hold lookups in flight)."""
 
-    supports_notify = False
+    notifies: ClassVar[bool] = False
 
     def __init__(self, inner: SqliteUserStore) -> None:
         self.inner = inner
@@ -70,8 +79,17 @@ class GatedStore:
         await self.gate.wait()
         return await self.inner.fetch(key)
 
+    def listen(self, channel: str, on_key: Callable[[str], None], on_reset: Callable[[], None]) -> None:
+        raise NotImplementedError
+
+    async def wait_listening(self, within: float) -> bool:
+        return False
+
     async def start(self) -> None:
         await self.inner.start()
+
+    async def probe(self) -> None:
+        await self.inner.probe()
 
     async def aclose(self) -> None:
         await self.inner.aclose()
@@ -275,9 +293,7 @@ async def test_invalidate_drops_one_user(chain_factory: Any, db_file: Path) -> N
 
 
 async def test_concurrent_lookups_of_one_user_share_one_query(db_file: Path, clock: ManualClock) -> None:
-    gated = GatedStore(
-        SqliteUserStore(str(db_file), query=check_query("SELECT active, banned FROM users WHERE id = $1"))
-    )
+    gated = GatedStore(sqlite_store(db_file))
     stage = UserStatusStage(clock=clock, store=gated)
     chain = VerifierChain(TokenUser(), stage, clock=clock)
     tasks = [asyncio.ensure_future(chain.evaluate("user:alice")) for _ in range(50)]
@@ -294,7 +310,7 @@ async def test_concurrent_lookups_of_one_user_share_one_query(db_file: Path, clo
 async def test_invalidation_during_a_lookup_keeps_its_result_out_of_the_cache(
     db_file: Path, clock: ManualClock
 ) -> None:
-    gated = GatedStore(SqliteUserStore(str(db_file), query="SELECT active, banned FROM users WHERE id = $1"))
+    gated = GatedStore(sqlite_store(db_file))
     stage = UserStatusStage(clock=clock, store=gated, cache_ttl=60)
     chain = VerifierChain(TokenUser(), stage, clock=clock)
     first = asyncio.ensure_future(chain.evaluate("user:alice"))
@@ -488,7 +504,7 @@ async def test_built_from_config_with_default_dsn(tmp_path: Path, monkeypatch: p
 
 
 async def test_store_unavailable_is_transient() -> None:
-    store = SqliteUserStore(":memory:", query="SELECT active FROM users WHERE id = $1")
+    store = SqliteUserStore(UserStoreOptions(dsn="sqlite:///:memory:", query="SELECT active FROM users WHERE id = $1"))
     with pytest.raises(StoreUnavailable):
         await store.fetch("alice")
     await store.aclose()

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from fastapps_auth import ManualClock
-from fastapps_auth.backends.postgres import ConnectionPool
 from tests.support.user_status import UserStatusChains
 from tests.test_user_status import USERS, make_sqlite
 from tests.test_user_status_postgres import DEADLINE, Table, recorder
@@ -151,26 +148,3 @@ async def test_a_padded_notification_still_drops_the_trimmed_id(pg_chains: UserS
     await table.notify("alice\n")  # a trigger or a psql script that adds a newline
     await wait_for(lambda k: k == "alice")
     assert (await chain.evaluate("user:alice")).reason == "user_banned"
-
-
-# -- the pool ----------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.postgres
-async def test_a_waiter_cancelled_after_it_was_handed_a_slot_passes_the_slot_on(postgres_dsn: str) -> None:
-    pool = ConnectionPool(lambda: asyncpg.connect(postgres_dsn), max_size=1)
-    try:
-        held = await pool.acquire()
-        first = asyncio.ensure_future(pool.acquire())
-        second = asyncio.ensure_future(pool.acquire())
-        await asyncio.sleep(0)  # both wait for the one slot
-        pool.release(held, broken=True)  # the slot goes to the first waiter...
-        first.cancel()  # ...which gives up before it could dial
-        with pytest.raises(asyncio.CancelledError):
-            await first
-        async with asyncio.timeout(DEADLINE):  # a hang guard: before, the second waited for a release forever
-            con = await second
-        assert pool.size == 1
-        pool.release(con)
-    finally:
-        await pool.aclose(1.0)

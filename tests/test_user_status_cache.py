@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -24,13 +25,17 @@ OPS = st.lists(
 )
 
 
+def inflight(cache: TTLCache[str, Any]) -> int:
+    return cache.stats()["inflight"]
+
+
 @settings(max_examples=120, deadline=None)
 @given(ops=OPS, bound=st.integers(1, 4))
 def test_matches_a_reference_model(ops: list[tuple[object, ...]], bound: int) -> None:
-    """Expiry and invalidation as a dict model; the bound only ever removes entries, oldest first."""
+    """Expiry and invalidation as a dict model; when full, expired entries go first, then the least recently used."""
     clock = ManualClock()
     cache: TTLCache[str, int] = TTLCache(bound, clock=clock)
-    model: dict[str, tuple[float, int]] = {}  # insertion order = age
+    model: dict[str, tuple[float, int]] = {}  # order = last use, oldest first
     for op in ops:
         kind = op[0]
         if kind == "set":
@@ -38,10 +43,13 @@ def test_matches_a_reference_model(ops: list[tuple[object, ...]], bound: int) ->
             assert isinstance(key, str) and isinstance(value, int) and isinstance(ttl, float)
             cache.set(key, value, ttl)
             if ttl > 0:
+                now = clock.monotonic()
                 model.pop(key, None)
+                for k in [k for k, (expires, _) in model.items() if expires <= now]:
+                    del model[k]
                 while len(model) >= bound:
                     model.pop(next(iter(model)))
-                model[key] = (clock.monotonic() + ttl, value)
+                model[key] = (now + ttl, value)
         elif kind == "advance":
             assert isinstance(op[1], float)
             clock.advance(op[1])
@@ -52,6 +60,8 @@ def test_matches_a_reference_model(ops: list[tuple[object, ...]], bound: int) ->
             if entry is not None and entry[0] <= clock.monotonic():
                 del model[key]
                 entry = None
+            if entry is not None:
+                model[key] = model.pop(key)  # used: now the most recent
             assert cache.get(key) == ((True, entry[1]) if entry else (False, None))
         elif kind == "invalidate":
             assert isinstance(op[1], str)
@@ -78,7 +88,7 @@ async def test_single_flight_and_shared_failure() -> None:
     good = [asyncio.ensure_future(cache.get_or_load("x", load, lambda v: 5.0)) for _ in range(20)]
     bad = [asyncio.ensure_future(cache.get_or_load("bad", load, lambda v: 5.0)) for _ in range(5)]
     await asyncio.sleep(0)
-    assert cache.inflight == 2
+    assert inflight(cache) == 2
     gate.set()
     assert await asyncio.gather(*good) == [("X", False)] * 20
     results = await asyncio.gather(*bad, return_exceptions=True)
@@ -86,7 +96,7 @@ async def test_single_flight_and_shared_failure() -> None:
     assert calls == ["x", "bad"]
     assert await cache.get_or_load("x", load, lambda v: 5.0) == ("X", True)
     assert cache.get("bad") == (False, None)  # failures are not cached
-    assert cache.inflight == 0
+    assert inflight(cache) == 0
 
 
 async def test_a_cancelled_caller_does_not_cancel_the_shared_load() -> None:
@@ -130,9 +140,57 @@ async def test_invalidating_one_key_spares_other_loads_in_flight() -> None:
     cache.invalidate("a")
     late = asyncio.ensure_future(cache.get_or_load("a", load, lambda v: 5.0))  # a fresh load, not the detached one
     await asyncio.sleep(0)
-    assert cache.inflight == 2
+    assert inflight(cache) == 2
     gate.set()
     assert await a == (1, False) and await bb == (2, False) and await late == (1, False)
     assert cache.get("bb") == (True, 2)
     assert cache.get("a") == (True, 1)  # stored by the fresh load only
-    assert cache.loads == 3
+    assert cache.stats()["loads"] == 3
+
+
+async def test_every_waiter_gets_the_load_exception_with_a_traceback_of_its_own_length() -> None:
+    """Many waiters raise one exception object: its traceback must not collect all their frames."""
+    cache: TTLCache[str, int] = TTLCache(10, clock=ManualClock())
+    gate = asyncio.Event()
+
+    async def load(key: str) -> int:
+        await gate.wait()
+        raise ConnectionError("down")
+
+    async def caller() -> int:
+        try:
+            await cache.get_or_load("k", load, lambda v: 5.0)
+        except ConnectionError as exc:
+            depth, tb = 0, exc.__traceback__
+            while tb is not None:
+                depth, tb = depth + 1, tb.tb_next
+            return depth
+        raise AssertionError("no failure")
+
+    callers = [asyncio.ensure_future(caller()) for _ in range(50)]
+    await asyncio.sleep(0)
+    gate.set()
+    depths = await asyncio.gather(*callers)
+    assert len(set(depths)) == 1 and depths[0] < 10  # before: the 50th waiter's traceback held 50 waiters' frames
+    assert cache.get("k") == (False, None)
+
+
+def test_a_full_cache_drops_the_least_recently_used() -> None:
+    clock = ManualClock()
+    cache: TTLCache[str, int] = TTLCache(2, clock=clock)
+    cache.set("a", 1, 10)
+    cache.set("b", 2, 10)
+    assert cache.get("a") == (True, 1)  # a is used again: b is now the least recently used
+    cache.set("c", 3, 10)
+    assert (cache.get("a"), cache.get("b"), cache.get("c")) == ((True, 1), (False, None), (True, 3))
+
+
+def test_a_full_cache_drops_expired_entries_before_live_ones() -> None:
+    clock = ManualClock()
+    cache: TTLCache[str, int] = TTLCache(2, clock=clock)
+    cache.set("short", 1, 1)
+    cache.set("long", 2, 100)
+    cache.get("short")
+    clock.advance(2)
+    cache.set("new", 3, 10)
+    assert (cache.get("long"), cache.get("new"), len(cache)) == ((True, 2), (True, 3), 2)

@@ -9,23 +9,13 @@ handled by ``on_error``; it never says anything about the user.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from pydantic import Field, model_validator
 
 from fastapps_auth.backends.ttl_cache import TTLCache
-from fastapps_auth.backends.users import (
-    DEFAULT_BATCH_INFLIGHT,
-    DEFAULT_BATCH_MAX_SIZE,
-    DEFAULT_QUERY,
-    NotifyingStore,
-    PoolReset,
-    StoreUnavailable,
-    UserStore,
-    open_user_store,
-)
+from fastapps_auth.backends.users import StoreUnavailable, UserStore, UserStoreOptions, open_user_store
 from fastapps_auth.clock import Clock
 from fastapps_auth.component import ComponentOptions
 from fastapps_auth.errors import ConfigError, Rejected
@@ -38,62 +28,46 @@ logger = logging.getLogger("fastapps_auth.user_status")
 DESCRIPTION = "account disabled"
 #: A looked-up value longer than this cannot be a user id; it is rejected without a query or a cache entry.
 MAX_KEY_CHARS = 1024
-_CHANNEL = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _TRUE_STRINGS = frozenset({"t", "true", "1", "y", "yes", "on"})
 
+#: Options that no longer mean anything: accepted with a warning (once per process) until the next release.
+REMOVED_OPTIONS = {
+    "batch_max_size": "concurrent lookups are no longer batched: each is one query on asyncpg's pool",
+    "batch_inflight": "concurrent lookups are no longer batched: each is one query on asyncpg's pool",
+}
+_warned: set[str] = set()
 
-class UserStatusOptions(StageOptions):
-    """Options of the ``user-status`` stage."""
 
-    dsn: str = Field(
-        default="sqlite:///users.db",
-        description="User store: postgresql://user@host/db (pooled asyncpg connections) "
-        "or sqlite:///path.db (embedded).",
-    )
+class UserStatusOptions(UserStoreOptions, StageOptions):
+    """Options of the ``user-status`` stage: the rule and the cache here, the store's in ``UserStoreOptions``."""
+
     key: str = Field(default="subject", description="Which value is the user id: subject, client_id or claim:<name>.")
-    query: str = Field(
-        default=DEFAULT_QUERY,
-        description="SQL returning the user's row; $1 is the user id. Missing active/banned columns mean "
-        "active / not banned.",
-    )
     cache_ttl: float = Field(default=30.0, ge=0, description="Seconds an allowed answer is cached (0: not cached).")
     negative_ttl: float = Field(
         default=5.0, ge=0, description="Seconds a rejection (unknown, inactive, banned) is cached (0: not cached)."
     )
-    max_entries: int = Field(default=100_000, ge=1, description="Most users kept in the cache; the oldest go first.")
-    timeout: float = Field(default=1.0, gt=0, description="Seconds one lookup may take before it counts as a failure.")
-    notify_channel: str | None = Field(
-        default=None,
-        description="PostgreSQL channel to LISTEN on: a payload that is a user id drops that entry, '*' drops all.",
-    )
-    pool_min_size: int = Field(
-        default=1, ge=0, description="PostgreSQL pool: connections opened by start() (idle ones stay open)."
-    )
-    pool_max_size: int = Field(default=10, ge=1, description="PostgreSQL pool: most connections at once.")
-    pool_reset: PoolReset = Field(
-        default="light",
-        description="PostgreSQL pool: 'light' runs no reset query after a lookup (one round trip less); "
-        "'full' runs asyncpg's Connection.reset() (RESET ALL, UNLISTEN *, ...) after each one.",
-    )
-    batch_max_size: int = Field(
-        default=DEFAULT_BATCH_MAX_SIZE,
-        ge=1,
-        le=10_000,
-        description="PostgreSQL: most lookups of different users sent as one query when they arrive together "
-        "(1: one query per lookup).",
-    )
-    batch_inflight: int = Field(
-        default=DEFAULT_BATCH_INFLIGHT,
-        ge=1,
-        description="PostgreSQL: queries in flight before further lookups wait to go out together as one batch "
-        "(capped at pool_max_size: each query needs its own connection).",
+    max_entries: int = Field(
+        default=100_000, ge=1, description="Most users kept in the cache; the least recently used go first."
     )
 
-    @model_validator(mode="after")
-    def _pool_sizes(self) -> UserStatusOptions:
-        if self.pool_min_size > self.pool_max_size:
-            raise ValueError("pool_min_size is greater than pool_max_size")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_removed(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping) or not REMOVED_OPTIONS.keys() & data.keys():
+            return data
+        kept = dict(data)
+        for option in sorted(REMOVED_OPTIONS.keys() & data.keys()):
+            del kept[option]
+            if option not in _warned:
+                _warned.add(option)
+                name = data.get("name")
+                logger.warning(
+                    "%s: option %s is ignored (%s); remove it, it will be an error in the next release",
+                    f"user-status {name!r}" if isinstance(name, str) else "user-status",
+                    option,
+                    REMOVED_OPTIONS[option],
+                )
+        return kept
 
 
 def storable(key: str) -> bool:
@@ -162,34 +136,16 @@ class UserStatusStage(Stage[UserStatusOptions]):
         self._positive_ttl = o.cache_ttl
         self._negative_ttl = o.negative_ttl
         self._cache_off = o.cache_ttl == 0 and o.negative_ttl == 0
-        self._store: UserStore = store or open_user_store(
-            o.dsn,
-            query=o.query,
-            timeout=o.timeout,
-            pool_min_size=o.pool_min_size,
-            pool_max_size=o.pool_max_size,
-            pool_reset=o.pool_reset,
-            batch_max_size=o.batch_max_size,
-            batch_inflight=o.batch_inflight,
-            stage=self.name,
-        )
+        self._store: UserStore = store or open_user_store(o, stage=self.name)
         self._cache: TTLCache[str, str | None] = TTLCache(o.max_entries, clock=self.clock)
         self._invalidation_hooks: list[Callable[[str | None], None]] = []
-        self._notifying: NotifyingStore | None = None
         if o.notify_channel is not None:
-            if not _CHANNEL.match(o.notify_channel):
-                raise ConfigError(
-                    "a channel name is a letter or underscore, then letters, digits or underscores (at most 63)",
-                    stage=self.name,
-                    key="notify_channel",
-                )
-            if not (self._store.supports_notify and isinstance(self._store, NotifyingStore)):
+            if not self._store.notifies:
                 raise ConfigError(
                     "notify_channel needs a PostgreSQL dsn (LISTEN/NOTIFY); SQLite cannot push changes",
                     stage=self.name,
                     key="notify_channel",
                 )
-            self._notifying = self._store
             self._store.listen(o.notify_channel, self.invalidate, self.invalidate_all)
         self._reported: set[str] = set()
         self.invalidations = 0
@@ -201,13 +157,22 @@ class UserStatusStage(Stage[UserStatusOptions]):
     # -- the hot path ---------------------------------------------------------------------------
 
     async def __call__(self, v: Verification) -> None:
+        if self.closed:  # the chain refuses a closed stage itself; this is for a stage called on its own
+            raise Rejected(
+                "closed",
+                "the authorization service is shutting down",
+                error="temporarily_unavailable",
+                status=503,
+                retry_after=self.retry_after,
+                transient=True,
+            )
         key = self._key(v)
-        if key is None or not key or len(key) > MAX_KEY_CHARS or not storable(key):
+        if not key or len(key) > MAX_KEY_CHARS or not storable(key):
             v.cache_hit = False
             raise Rejected("user_unknown", DESCRIPTION)
-        if self._cache_off and getattr(self._store, "coalesces", False):
-            # Nothing to cache, and the store itself makes lookups of one key that wait together share
-            # a query (one read after all of them arrived): the cache's single-flight task is pure cost.
+        if self._cache_off:
+            # Nothing to cache, and no sharing either: every lookup is answered by a read that
+            # started after it arrived, never by one already in flight.
             reason, hit = await self._lookup(key), False
         else:
             reason, hit = await self._cache.get_or_load(key, self._lookup, self._ttl)
@@ -219,8 +184,6 @@ class UserStatusStage(Stage[UserStatusOptions]):
         return self._positive_ttl if reason is None else self._negative_ttl
 
     async def _lookup(self, key: str) -> str | None:
-        if self._notifying is not None:
-            self._notifying.ensure_listening()
         try:
             row = await self._store.fetch(key)
         except StoreUnavailable as exc:
@@ -257,32 +220,40 @@ class UserStatusStage(Stage[UserStatusOptions]):
 
     async def wait_listening(self, within: float | None = None) -> bool:
         """Start the NOTIFY listener if configured; True once it listens (False without a channel)."""
-        if self._notifying is None:
+        if self.options.notify_channel is None or self.closed:
             return False
-        return await self._notifying.wait_listening(self.options.timeout * 5 if within is None else within)
+        return await self._store.wait_listening(self.options.timeout * 5 if within is None else within)
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Open the pool (or file) and the listener now; a store that is down is logged, not raised."""
+        """Open the pool (or file) and the listener now; a store that is down is logged, never raised."""
+        if self.closed:
+            return
         try:
             await self._store.start()
-            if self._notifying is not None:
-                await self._notifying.wait_listening(self.options.timeout * 5)
         except StoreUnavailable as exc:
             logger.warning("user-status %r could not open its store at start (%s); will retry on use", self.name, exc)
+            return
+        await self.wait_listening()
+
+    async def probe(self) -> None:
+        """Run the user query once (and check LISTEN, with a channel); ``StoreUnavailable`` says what is wrong."""
+        await self._store.probe()
 
     async def aclose(self) -> None:
+        """Close the store; from now on every lookup is refused (503) and nothing is opened again."""
+        self.closed = True
         await self._store.aclose()
         self._cache.clear()
 
     def stats(self) -> dict[str, float]:
-        c = self._cache
+        c = self._cache.stats()
         out: dict[str, float] = {
-            "cache_entries": len(c),
-            "cache_hits": c.hits,
-            "cache_misses": c.misses,
-            "lookups_inflight": c.inflight,
+            "cache_entries": c["entries"],
+            "cache_hits": c["hits"],
+            "cache_misses": c["misses"],
+            "lookups_inflight": c["inflight"],
             "invalidations": self.invalidations,
         }
         out.update(self._store.stats())

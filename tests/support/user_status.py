@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, ClassVar
 
 from fastapps_auth import AccessToken, ManualClock, Rejected, Stage, StageOptions, Verification, VerifierChain
 from fastapps_auth.fingerprint import fingerprint
 from fastapps_auth.stages.user_status import UserStatusStage
+
+
+async def settle() -> None:
+    """Let every ready task run to its next wait (a few loop iterations, no clock involved)."""
+    for _ in range(5):
+        await asyncio.sleep(0)
 
 
 class TokenUser(Stage[StageOptions]):
