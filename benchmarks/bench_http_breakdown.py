@@ -26,13 +26,14 @@ from pathlib import Path
 from time import perf_counter
 from typing import Any
 
+from starlette.types import Message, Scope
+
 from benchmarks.bench_http import CALL, build_app, make_users_db
 from benchmarks.common import table, write_page
 from benchmarks.signing import claims, keys
 from fastapps_auth.chain import VerifierChain
 from fastapps_auth.decision import Decision
-from fastapps_auth.integrations import starlette as middleware
-from fastapps_auth.integrations.starlette import Message, Scope
+from fastapps_auth.integrations.asgi import middleware
 from fastapps_auth.request import RequestInfo
 
 
@@ -69,7 +70,7 @@ def instrument(timings: Timings) -> None:
         if not getattr(self, "_bench_timed", False):
             self._bench_timed = True
             inner = self.app
-            evaluate: Callable[..., Awaitable[Decision]] = self._chain.evaluate
+            evaluate: Callable[..., Awaitable[Decision]] = self.chain.evaluate
 
             async def app(scope: Scope, receive: Any, send: Any) -> None:
                 t = perf_counter()
@@ -85,7 +86,7 @@ def instrument(timings: Timings) -> None:
                 request.update(decision_parts(decision))
                 return decision
 
-            self.app, self._chain.evaluate = app, timed_evaluate
+            self.app, self.chain.evaluate = app, timed_evaluate
         request.clear()
         t = perf_counter()
         await original(self, scope, receive, send)
@@ -203,7 +204,7 @@ def _protected_chain(app: Any) -> VerifierChain:
     layer = app.middleware_stack
     while layer is not None:
         if isinstance(layer, middleware.ChainAuthMiddleware):
-            chain: VerifierChain = layer._chain
+            chain: VerifierChain = layer.chain
             return chain
         layer = getattr(layer, "app", None)
     raise RuntimeError("the protected app has no ChainAuthMiddleware")

@@ -25,7 +25,7 @@ from starlette.middleware.authentication import AuthenticationMiddleware
 
 from benchmarks.common import fmt_rate, table, write_page, write_results
 from fastapps_auth import AccessToken, ManualClock, Verification, VerifierChain
-from fastapps_auth.integrations.starlette import ChainAuthMiddleware, RequestScopedVerifier
+from fastapps_auth.integrations.asgi import ChainAuthMiddleware, RequestScopedVerifier
 from fastapps_auth.stages.jwt import JWTVerifier
 from fastapps_auth.stages.roles import RolesStage
 
