@@ -120,7 +120,7 @@ def scenarios() -> list[Scenario]:
             SCOPED_TOOL,
             200,
         ),
-        Scenario("no token", lambda i: None, "hello", 401, None, "no_credentials"),
+        Scenario("no token", lambda i: None, "hello", 401, None, "missing_token"),
         Scenario("tampered token", lambda i: tamper(i.mint("alice")), "hello", 401, "jwt", "bad_signature"),
         Scenario("expired token", lambda i: i.expired("alice"), "hello", 401, "jwt", "expired"),
         Scenario("banned user", lambda i: i.mint("bob"), "hello", 401, "user-status", "user_banned"),

@@ -15,7 +15,7 @@ def test_demo_runs_every_scenario_and_exits_0(capsys: pytest.CaptureFixture[str]
     assert re.search(r"dev issuer http://127\.0\.0\.1:\d+, MCP server http://127\.0\.0\.1:\d+/mcp", out)
     rows = {
         "valid user calls a widget": r"200 │ —",
-        "no token": r"401 │ —\s+│ no_credentials",
+        "no token": r"401 │ —\s+│ missing_token",
         "tampered token": r"401 │ jwt\s+│ bad_signature",
         "expired token": r"401 │ jwt\s+│ expired",
         "banned user": r"401 │ user-status\s+│ user_banned",
@@ -29,7 +29,9 @@ def test_demo_runs_every_scenario_and_exits_0(capsys: pytest.CaptureFixture[str]
     # the audit lines: one per decision, fingerprints only
     audit = [line for line in out.splitlines() if line.startswith("event='auth.decision'")]
     assert any("reason='user_banned'" in line for line in audit)
-    assert all(re.search(r"token_fingerprint='[0-9a-f]{12}'", line) for line in audit)
+    with_token = [line for line in audit if "reason='missing_token'" not in line]  # the no-token 401 has none
+    assert len(with_token) < len(audit)
+    assert all(re.search(r"token_fingerprint='[0-9a-f]{12}'", line) for line in with_token)
     assert not re.search(r"eyJ[A-Za-z0-9_-]{10,}", out)  # no token, nor a slice of one, is printed
 
 
