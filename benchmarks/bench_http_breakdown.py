@@ -60,8 +60,35 @@ def decision_parts(decision: Decision) -> dict[str, float]:
     return parts
 
 
+def _timed(request: dict[str, float], part: str, fn: Callable[..., Any], *, awaited: bool) -> Callable[..., Any]:
+    """``fn`` with its time per request added to ``request[part]``."""
+    if awaited:
+
+        async def timed_async(*args: Any, **kwargs: Any) -> Any:
+            t = perf_counter()
+            try:
+                return await fn(*args, **kwargs)
+            finally:
+                request[part] = request.get(part, 0.0) + perf_counter() - t
+
+        return timed_async
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        t = perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            request[part] = request.get(part, 0.0) + perf_counter() - t
+
+    return timed
+
+
+#: The middleware's parts timed on their own: (attribute of the middleware, part, awaited).
+PARTS = [("_read", "body", True), ("_tool", "tool", True), ("request_info", "info", False)]
+
+
 def instrument(timings: Timings) -> None:
-    """Time every ``ChainAuthMiddleware`` of this process: its whole call, the app behind it, the chain."""
+    """Time every ``ChainAuthMiddleware`` of this process: its whole call, the app behind it, its parts."""
     cls = middleware.ChainAuthMiddleware
     original = cls.__call__
     request: dict[str, float] = {}
@@ -87,12 +114,15 @@ def instrument(timings: Timings) -> None:
                 return decision
 
             self.app, self.chain.evaluate = app, timed_evaluate
+            for attribute, part, awaited in PARTS:
+                setattr(self, attribute, _timed(request, part, getattr(self, attribute), awaited=awaited))
         request.clear()
         t = perf_counter()
         await original(self, scope, receive, send)
         total = perf_counter() - t
         request["own"] = total - request.get("app", 0.0)
-        request["rest"] = request["own"] - request.get("chain", 0.0)
+        known = sum(request.get(p, 0.0) for p in ("chain", "body", "tool", "info"))
+        request["rest"] = request["own"] - known
         request["observers"] = request.get("chain", 0.0) - request.get("decision", 0.0)
         timings.add(request)
 
@@ -220,12 +250,15 @@ def report(cpu: dict[str, list[float]], inside: Timings, loop: Timings, mixed: T
 
     rows = [
         row("middleware's own time (all but the app behind it)", "own", outside=False),
+        row("├ the body: read, parse (JSON-RPC target, limits), replay", "body", outside=False),
+        row("├ the tool's name as the host knows it (FastApps' widget ids)", "tool", outside=False),
+        row("├ request info (client address)", "info", outside=False),
         row("├ chain.evaluate", "chain"),
         row("│ ├ the stages (the decision's duration)", "decision"),
         *(row(f"│ │ ├ {p.removeprefix('stage ')}", p) for p in stages),
         row("│ └ the rest: observers (audit), building the decision", "observers"),
         row(
-            "└ the rest: header and body read, JSON-RPC parse, request info, scope, RateLimit headers",
+            "└ the rest: headers, paths, scope, request context, RateLimit headers",
             "rest",
             outside=False,
         ),

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from collections.abc import MutableMapping
 from contextvars import ContextVar
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from mcp.server.auth.provider import AccessToken
 from pydantic import AnyHttpUrl, ValidationError
@@ -17,12 +16,14 @@ from fastapps_auth.decision import Decision
 STATE_KEY = "fastapps_auth.decision"
 
 
-@dataclass(frozen=True, slots=True)
-class RequestDecision:
-    """The decision made for the current request, and the token it was made for."""
+class RequestDecision(NamedTuple):
+    """The decision made for the current request, and the token it was made for (one per request: a named tuple)."""
 
-    token: str = field(repr=False)  # never in a log line
+    token: str
     decision: Decision
+
+    def __repr__(self) -> str:
+        return f"RequestDecision(decision={self.decision!r})"  # the token is never in a log line
 
 
 #: Set by the middleware around the app for the request it decided.

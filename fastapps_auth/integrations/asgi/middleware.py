@@ -155,11 +155,15 @@ class ChainAuthMiddleware:
             await self._answer(scope, receive, send, "", await self.chain.evaluate("", request=info), info)
             return
         target = NOT_RPC
-        if scope["type"] == "http" and scope.get("method") == "POST" and mcp_body.is_json(scope):
-            try:
-                target, receive = await self._read(scope, receive)
-            except ClientDisconnect:
-                return  # the client left mid-body: no request to decide on or to run
+        if scope["type"] == "http" and scope.get("method") == "POST":
+            json_type, encoded = mcp_body.json_post(scope)
+            if encoded and json_type:
+                target = RpcTarget(refusal=mcp_body.UNDECODED)
+            elif json_type:
+                try:
+                    target, receive = await self._read(receive)
+                except ClientDisconnect:
+                    return  # the client left mid-body: no request to decide on or to run
         decision, info = await self.decide(token, scope, target)
         if decision is not None:
             await self._answer(scope, receive, send, token or "", decision, info)
@@ -180,7 +184,7 @@ class ChainAuthMiddleware:
         """
         rejected = refusal(target.refusal) if target.refusal else None
         tool = None
-        if rejected is None:
+        if rejected is None and target.method == "tools/call":
             try:
                 tool = await self._tool(target)
             except Exception as exc:  # the host's lookup failed: the rule cannot be applied, so nothing runs
@@ -225,7 +229,7 @@ class ChainAuthMiddleware:
 
     async def _tool(self, target: RpcTarget) -> str | None:
         """The called tool's name as the host knows it (as sent, without a resolver)."""
-        if target.method != "tools/call" or not isinstance(target.tool, str):
+        if not isinstance(target.tool, str):
             return None
         name = target.tool if self.resolve_tool is None else await self.resolve_tool(target.tool, target.arguments)
         return name[:MAX_RPC_NAME_CHARS] if name is not None else None
@@ -239,10 +243,8 @@ class ChainAuthMiddleware:
             tool_name=tool,
         )
 
-    async def _read(self, scope: Scope, receive: Receive) -> tuple[RpcTarget, Receive]:
+    async def _read(self, receive: Receive) -> tuple[RpcTarget, Receive]:
         """The JSON-RPC target of the body (or why it is refused), and a ``receive`` that replays the body."""
-        if mcp_body.content_encoded(scope):
-            return RpcTarget(refusal=mcp_body.UNDECODED), receive
         data = await mcp_body.read_body(receive, self.max_body_bytes)
         if data is None:
             return RpcTarget(refusal=mcp_body.TOO_LARGE), receive

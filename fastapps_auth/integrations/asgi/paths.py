@@ -42,11 +42,13 @@ class PathRules:
     def protects(self, scope: Scope) -> bool:
         # Starlette routes on the path below the mount (or the server's root path), which is what
         # ``paths`` name; a list written against the full path keeps protecting it too.
-        full = scope.get("path", "")
-        routed = route_path(scope)
+        full: str = scope.get("path", "")
+        routed = route_path(scope) if scope.get("root_path") else full
         paths = (full,) if routed == full else (full, routed)
-        if any(path == base or path.startswith(below) for path in paths for base, below in self._exempt):
-            return False
+        for path in paths:
+            for base, below in self._exempt:
+                if path == base or path.startswith(below):
+                    return False
         if self._protected is None:
             return True
         return any(path == bare or path.startswith(p) for path in paths for p, bare in self._protected)
