@@ -17,8 +17,6 @@ from starlette.routing import Route
 
 from fastapps_auth import (
     AccessToken,
-    Decision,
-    Observer,
     RateLimitInfo,
     Rejected,
     Stage,
@@ -40,6 +38,7 @@ from fastapps_auth.integrations.starlette import (
 from fastapps_auth.request import current_request
 from fastapps_auth.stage import StageOptions
 from fastapps_auth.stages.scopes import ScopesStage
+from tests.support.decisions import Recorder
 
 META = "https://api.example.com/.well-known/oauth-protected-resource/mcp"
 
@@ -153,15 +152,8 @@ async def test_missing_scope_is_403_insufficient_scope(auth: TableAuth) -> None:
 
 
 async def test_middleware_required_scopes(auth: TableAuth) -> None:
-    seen: list[Decision] = []
-
-    class Record(Observer[ComponentOptions]):
-        plugin_name: ClassVar[str] = "record"
-
-        def __call__(self, decision: Decision) -> None:
-            seen.append(decision)
-
-    chain = VerifierChain(auth, observers=[Record()])
+    record = Recorder()
+    chain = VerifierChain(auth, observers=[record])
     inner = Starlette(routes=[Route("/mcp", whoami)])
     with pytest.warns(DeprecationWarning, match="scopes` stage in the chain"):
         app = ChainAuthMiddleware(inner, chain, required_scopes=["write"])
@@ -172,7 +164,10 @@ async def test_middleware_required_scopes(auth: TableAuth) -> None:
     assert denied.status_code == 403 and 'scope="write"' in denied.headers["www-authenticate"]
     assert allowed.status_code == 200
     # the observers record the refusal the client got, once, from the chain's last stage
-    assert [(d.allowed, d.status, d.stage) for d in seen] == [(False, 403, "required-scopes"), (True, 200, None)]
+    assert [(d.allowed, d.status, d.stage) for d in record.decisions] == [
+        (False, 403, "required-scopes"),
+        (True, 200, None),
+    ]
     assert auth.calls == 2
 
 
@@ -245,20 +240,9 @@ async def test_per_tool_scope_is_403_at_the_middleware(auth: TableAuth) -> None:
     assert listed.status_code == 200
 
 
-class Record(Observer[ComponentOptions]):
-    plugin_name: ClassVar[str] = "record"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: list[Decision] = []
-
-    def __call__(self, decision: Decision) -> None:
-        self.seen.append(decision)
-
-
 async def test_oversized_json_body_is_413_and_batched_tool_calls_are_400(auth: TableAuth) -> None:
     call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "x"}}
-    record = Record()
+    record = Recorder()
     async with client(make_app(VerifierChain(auth, observers=[record]), max_body_bytes=180)) as c:
         big = await c.post("/mcp", json={"pad": "x" * 200}, headers=bearer("good"))
         batch = await c.post("/mcp", json=[call, call], headers=bearer("good"))
@@ -267,12 +251,12 @@ async def test_oversized_json_body_is_413_and_batched_tool_calls_are_400(auth: T
     assert batch.status_code == 400 and batch.json()["error"]["code"] == -32600
     assert forged.status_code == 401  # refused after the token is checked: a bad token is a 401 first
     # every answer is one decision the observers see, with who sent it
-    assert [(d.status, d.stage, d.reason) for d in record.seen] == [
+    assert [(d.status, d.stage, d.reason) for d in record.decisions] == [
         (413, "http", "body_too_large"),
         (400, "http", "batched_tool_call"),
         (401, "table-auth", "bad_signature"),
     ]
-    assert [d.principal.subject if d.principal else None for d in record.seen] == ["alice", "alice", None]
+    assert [d.principal.subject if d.principal else None for d in record.decisions] == ["alice", "alice", None]
 
 
 async def test_forwarded_for_only_from_trusted_proxies(auth: TableAuth) -> None:

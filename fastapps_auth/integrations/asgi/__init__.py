@@ -1,12 +1,15 @@
 """The ASGI integration: ``ChainAuthMiddleware`` and what it is made of.
 
 - ``middleware``: the middleware (app, chain, response hook, pass-through for other scopes).
+- ``paths``: which requests it checks (protected and exempt paths, CORS preflights).
+- ``refusals``: what it refuses itself, as decisions like the chain's.
 - ``responses``: RFC 6750 challenges, RateLimit headers, JSON and JSON-RPC error bodies.
 - ``client``: the client address (trusted proxies, X-Forwarded-For).
 - ``body``: reading a JSON-RPC body within limits, and what it calls.
 - ``tools``: resolving a called tool's name to the host's own.
 - ``websocket``: websocket messages checked one by one.
 - ``context``: the request's decision for code behind the middleware, and ``RequestScopedVerifier``.
+- ``cors``: CORS for an MCP endpoint.
 """
 
 from fastapps_auth.integrations.asgi.body import DEFAULT_MAX_BODY, RpcTarget, rpc_message, rpc_target

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Callable, Sequence
-from typing import ClassVar
 
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from starlette.authentication import AuthCredentials
@@ -20,49 +19,25 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fastapps_auth.chain import VerifierChain
 from fastapps_auth.decision import Decision
-from fastapps_auth.errors import Rejected
 from fastapps_auth.integrations.asgi import body as mcp_body
 from fastapps_auth.integrations.asgi.body import DEFAULT_MAX_BODY, NOT_RPC, RpcTarget
 from fastapps_auth.integrations.asgi.client import client_ip, parse_networks
 from fastapps_auth.integrations.asgi.context import STATE_KEY, RequestDecision, request_decision
 from fastapps_auth.integrations.asgi.paths import PathRules, is_preflight
+from fastapps_auth.integrations.asgi.refusals import (
+    body_refusal,
+    lookup_failed,
+    refuse_after_checking,
+    refuse_anonymous,
+)
 from fastapps_auth.integrations.asgi.responses import Response, error_response, rate_limit_headers, send_response
 from fastapps_auth.integrations.asgi.responses import with_headers as _with_headers
 from fastapps_auth.integrations.asgi.tools import ToolResolver
+from fastapps_auth.integrations.asgi.websocket import DecideMessage, MessageGuard
 from fastapps_auth.request import MAX_RPC_NAME_CHARS, RequestInfo, current_request
-from fastapps_auth.stage import Stage, StageOptions, Verification
 from fastapps_auth.stages.scopes import ScopesStage
 
 logger = logging.getLogger("fastapps_auth")
-
-#: The ``stage`` a refusal of the middleware's own is recorded under in the decision.
-STAGE = "http"
-
-_REFUSALS = {
-    mcp_body.UNREADABLE: ("the body is not JSON that can be read within the server's limits", 400),
-    mcp_body.UNDECODED: ("the body has a Content-Encoding the server does not decode", 400),
-    mcp_body.TOO_LARGE: ("the body is too large", 413),
-    mcp_body.BATCHED_CALL: ("tools/call cannot be batched", 400),
-}
-
-
-def refusal(reason: str) -> Rejected:
-    """The ``Rejected`` of a message the middleware will not pass on (a reason from the body module)."""
-    description, status = _REFUSALS[reason]
-    return Rejected(reason, description, error="invalid_request", status=status)
-
-
-class _Refuse(Stage[StageOptions]):
-    """A last stage that refuses what the middleware itself refuses, once the token is checked."""
-
-    plugin_name: ClassVar[str] = STAGE
-
-    def __init__(self, rejected: Rejected) -> None:
-        super().__init__(name=STAGE)
-        self.rejected = rejected
-
-    async def __call__(self, v: Verification) -> None:
-        raise self.rejected
 
 
 def bearer_token(scope: Scope) -> str | None:
@@ -182,50 +157,20 @@ class ChainAuthMiddleware:
         after the token is checked, as the chain's last stage: one decision, seen once by the
         observers, naming who sent it.
         """
-        rejected = refusal(target.refusal) if target.refusal else None
+        rejected = body_refusal(target.refusal) if target.refusal else None
         tool = None
         if rejected is None and target.method == "tools/call":
             try:
                 tool = await self._tool(target)
-            except Exception as exc:  # the host's lookup failed: the rule cannot be applied, so nothing runs
+            except Exception as exc:
                 logger.warning("resolving the called tool failed (%s); refusing with 503", type(exc).__name__)
-                rejected = Rejected(
-                    "tool_lookup_failed",
-                    "the server could not look up the tool",
-                    error="temporarily_unavailable",
-                    status=503,
-                    transient=True,
-                )
+                rejected = lookup_failed()
         info = self.request_info(scope, target, tool)
         if token is None:
-            return (None if rejected is None else self._anonymous_refusal(info, rejected)), info
+            return (None if rejected is None else refuse_anonymous(self.chain, info, rejected)), info
         if rejected is None:
             return await self.chain.evaluate(token, request=info), info
-        chain = self.chain
-        refusing = VerifierChain(
-            *chain.stages, _Refuse(rejected), observers=chain.observers, clock=chain.clock, name=chain.name
-        )
-        return await refusing.evaluate(token, request=info), info
-
-    def _anonymous_refusal(self, info: RequestInfo, rejected: Rejected) -> Decision:
-        """The decision for an anonymous request refused for its body, reported to the chain's observers."""
-        decision = Decision(
-            allowed=False,
-            access_token=None,
-            status=rejected.status,
-            stage=STAGE,
-            reason=rejected.reason,
-            error=rejected.error,
-            description=rejected.description,
-            request=info,
-            started_at=self.chain.clock.time(),
-        )
-        for observer in self.chain.observers:
-            try:
-                observer(decision)
-            except Exception:
-                logger.exception("observer %r failed; the decision stands", observer.name)
-        return decision
+        return await refuse_after_checking(self.chain, token, info, rejected), info
 
     async def _tool(self, target: RpcTarget) -> str | None:
         """The called tool's name as the host knows it (as sent, without a resolver)."""
@@ -264,9 +209,7 @@ class ChainAuthMiddleware:
         if decision.rate_limit is not None:
             send = _with_headers(send, rate_limit_headers(decision.rate_limit))
         if scope["type"] == "websocket":
-            from fastapps_auth.integrations.asgi.websocket import MessageGuard
-
-            guard = MessageGuard(self, scope, token, receive, send)
+            guard = MessageGuard(self._message_decider(scope, token), self.max_body_bytes, receive, send)
             receive, send = guard.receive, guard.send
         held = request_decision.set(RequestDecision(token, decision))  # the decision's token holds it already
         reset = current_request.set(info)
@@ -275,6 +218,17 @@ class ChainAuthMiddleware:
         finally:
             current_request.reset(reset)
             request_decision.reset(held)
+
+    def _message_decider(self, scope: Scope, token: str) -> DecideMessage:
+        """How each message of a websocket connection is decided: as a request with the handshake's token."""
+
+        async def decide(target: RpcTarget) -> Decision | None:
+            decision, _ = await self.decide(token, scope, target)
+            if decision is not None and self.on_decision is not None:
+                self.on_decision(scope, decision)
+            return decision
+
+        return decide
 
 
 def _authenticate_scope(scope: Scope, decision: Decision) -> None:

@@ -10,28 +10,27 @@ the connection stays open, unless the token itself is refused (401): then it is 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
 
 import anyio
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Send
 
 from fastapps_auth.decision import Decision
 from fastapps_auth.integrations.asgi.body import TOO_LARGE, RpcTarget, rpc_message
 from fastapps_auth.integrations.asgi.responses import frame_error
 
-if TYPE_CHECKING:
-    from fastapps_auth.integrations.asgi.middleware import ChainAuthMiddleware
-
 POLICY_VIOLATION = 1008
+
+#: Decides one message of the connection (the middleware's decision with the handshake's token).
+DecideMessage = Callable[[RpcTarget], Awaitable[Decision | None]]
 
 
 class MessageGuard:
     """The ``receive`` and ``send`` the app gets for one authenticated websocket connection."""
 
-    def __init__(self, middleware: ChainAuthMiddleware, scope: Scope, token: str, receive: Receive, send: Send) -> None:
-        self.middleware = middleware
-        self.scope = scope
-        self.token = token
+    def __init__(self, decide: DecideMessage, max_bytes: int, receive: Receive, send: Send) -> None:
+        self.decide = decide
+        self.max_bytes = max_bytes
         self._receive = receive
         self._send = send
         self._lock = anyio.Lock()  # our error frames and the app's messages share one connection
@@ -47,16 +46,12 @@ class MessageGuard:
                 data = message.get("bytes")
             if data is None:
                 return message
-            too_large = len(data) > self.middleware.max_body_bytes
+            too_large = len(data) > self.max_bytes
             target = RpcTarget(refusal=TOO_LARGE) if too_large else rpc_message(data)
             if target.method is None and target.refusal is None:
                 return message  # a response to the server's request, or no JSON-RPC at all: the app's to answer
-            decision, _ = await self.middleware.decide(self.token, self.scope, target)
-            if decision is None:
-                return message
-            if self.middleware.on_decision is not None:
-                self.middleware.on_decision(self.scope, decision)
-            if decision.allowed:
+            decision = await self.decide(target)
+            if decision is None or decision.allowed:
                 return message
             await self._refuse(decision, target)
             if self.closed:
