@@ -144,8 +144,7 @@ class ToolRules(Middleware):  # type: ignore[misc, unused-ignore]
             return await call_next(context)
         held = request_decision.get()
         token = held.token if held is not None else _token_of_request()
-        base = request or RequestInfo()
-        info = RequestInfo(base.method, base.path, base.client_ip, "tools/call", tool, base.url)
+        info = (request or RequestInfo())._replace(mcp_method="tools/call", tool_name=tool)
         decided = await self.chain.evaluate(token or "", request=info)
         if not decided.allowed:
             raise _authorization_error(decided.scope, decided.description or "not authorized")
