@@ -253,7 +253,7 @@ async def main(smoke: bool) -> None:
             [
                 {"label": "decision reuse vs chain twice", "ratio": reuse_ratio, "target": None},
                 {
-                    "label": "ChainAuthMiddleware + trivial chain vs SDK stack + trivial verifier",
+                    "label": "ChainAuthMiddleware vs SDK bearer stack, same trivial verifier",
                     "ratio": vs_trivial,
                     "target": TARGET,
                 },
