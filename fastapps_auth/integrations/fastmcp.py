@@ -136,6 +136,8 @@ class ToolRules(Middleware):  # type: ignore[misc, unused-ignore]
         self.resolve = resolve
 
     async def on_call_tool(self, context: Any, call_next: Any) -> Any:
+        if not _over_http():
+            return await call_next(context)  # stdio: no bearer token, as FastMCP's own auth checks say
         name, arguments = context.message.name, context.message.arguments
         tool = await self.resolve(name, arguments)
         decision = current_decision()
@@ -149,6 +151,16 @@ class ToolRules(Middleware):  # type: ignore[misc, unused-ignore]
         if not decided.allowed:
             raise _authorization_error(decided.scope, decided.description or "not authorized")
         return await call_next(context)
+
+
+def _over_http() -> bool:
+    from fastmcp.server.dependencies import get_http_request
+
+    try:
+        get_http_request()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _token_of_request() -> str | None:

@@ -167,3 +167,15 @@ async def test_mcpserver_tools_are_looked_up_in_its_registry(issuer: Issuer) -> 
     await chain.aclose()
     assert denied.status_code == 403 and look_alike.status_code == 403
     assert allowed.status_code == 200 and ran == ["admin"]
+
+
+async def test_tool_rules_leave_calls_without_an_http_request_to_fastmcp(issuer: Issuer) -> None:
+    """In-process (or stdio) calls carry no bearer token: FastMCP's own auth does not apply there, nor ours."""
+    from fastmcp import Client
+
+    ran: list[str] = []
+    _, chain, mcp = crm_server(issuer, ran)
+    async with Client(mcp) as client:
+        result = await client.call_tool("ns_save_contact", {})
+    await chain.aclose()
+    assert result.content[0].text == "saved" and ran == ["save_contact"]
