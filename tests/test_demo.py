@@ -18,7 +18,7 @@ def test_demo_runs_every_scenario_and_exits_0(capsys: pytest.CaptureFixture[str]
     issuer, server = found.groups()
     rows = {
         "valid user calls a widget": r"200 │ —",
-        "no token": r"401 │ —\s+│ no_credentials",
+        "no token": r"401 │ —\s+│ missing_token",
         "tampered token": r"401 │ jwt\s+│ bad_signature",
         "expired token": r"401 │ jwt\s+│ expired",
         "banned user": r"401 │ user-status\s+│ user_banned",
@@ -52,7 +52,8 @@ def test_demo_runs_every_scenario_and_exits_0(capsys: pytest.CaptureFixture[str]
     audit = [line for line in out.splitlines() if line.startswith("event='auth.decision'")]
     assert any("reason='user_banned'" in line for line in audit)
     assert any("subject='frank'" in line and "tool='report'" in line for line in audit)
-    assert all(re.search(r"token_fingerprint='[0-9a-f]{12}'", line) for line in audit)
+    with_token = [line for line in audit if "reason='missing_token'" not in line]  # the no-token 401 has none
+    assert all(re.search(r"token_fingerprint='[0-9a-f]{12}'", line) for line in with_token)
     assert not re.search(r"eyJ[A-Za-z0-9_-]{10,}", out)  # no token, nor a slice of one, is printed
 
 

@@ -95,3 +95,20 @@ async def test_stateful_session_tools_see_the_current_requests_token() -> None:
     await chain.aclose()
     assert called.status_code == 200
     assert '"text":"read"' in called.text.replace(" ", "")
+
+
+async def test_widget_rules_follow_the_widget_fastapps_calls() -> None:
+    """A name that is not a widget's id is no tool: refused under an allow-list, before FastApps sees it."""
+    from fastapps_auth.stages.scopes import ScopesStage
+
+    issuer = Issuer()
+    chain = VerifierChain(jwt_stage(issuer), ScopesStage(tools={"public": [], "protected": []}, unknown_tools="deny"))
+    server = WidgetMCPServer("widgets", [build(Protected), build(Public)], token_verifier=chain)
+    token = issuer.mint("alice")
+    async with AsyncServer(server.get_app()) as srv, httpx.AsyncClient(timeout=30) as http:
+        headers = {**MCP_HEADERS, "Authorization": f"Bearer {token}"}
+        other = await http.post(f"{srv.url}/mcp", json=rpc("tools/call", {"name": "Protected"}), headers=headers)
+        known = await http.post(f"{srv.url}/mcp", json=rpc("tools/call", {"name": "protected"}), headers=headers)
+    await chain.aclose()
+    assert other.status_code == 403 and other.json()["error"] == "insufficient_scope"
+    assert known.status_code == 200 and "alice" in known.text

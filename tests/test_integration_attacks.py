@@ -165,6 +165,25 @@ async def test_a_client_that_disconnects_mid_body_runs_nothing(auth: ExactAuth) 
     assert auth.tokens == []  # nor a decision, a rate-limit count or an audit line for a request never made
 
 
+async def test_a_body_in_several_messages_is_read_whole_and_bounded_across_them(auth: ExactAuth) -> None:
+    reached: list[bytes] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        reached.append((await receive())["body"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    call = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "t"}}).encode()
+    parts = [call[:10], call[10:40], call[40:]]
+    headers = [(b"authorization", b"Bearer good"), (b"content-type", b"application/json")]
+    incoming = [{"type": "http.request", "body": p, "more_body": i < 2} for i, p in enumerate(parts)]
+    sent = await drive(ChainAuthMiddleware(app, VerifierChain(auth)), http_scope("/mcp", headers), incoming)
+    assert sent[0]["status"] == 200 and reached == [call]
+    small = ChainAuthMiddleware(app, VerifierChain(auth), max_body_bytes=len(call) - 1)
+    sent = await drive(small, http_scope("/mcp", headers), incoming)
+    assert sent[0]["status"] == 413 and reached == [call]  # the second app never ran
+
+
 # -- the Authorization header ---------------------------------------------------------------------
 
 

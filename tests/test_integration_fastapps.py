@@ -66,7 +66,19 @@ class Flexible(BaseWidget):  # type: ignore[misc]  # fastapps ships no type info
         return {"tier": "premium" if user.is_authenticated else "basic"}
 
 
-WIDGETS = [WhoAmI, AdminPanel, Public, Flexible, Protected]
+@auth_required
+class DeleteEverything(BaseWidget):  # type: ignore[misc]  # fastapps ships no type information: BaseWidget is Any
+    """Guarded at the HTTP layer by the chain's per-tool rule (``admin``), not by a widget scope."""
+
+    identifier = "delete_everything"
+    title = "Delete everything"
+    input_schema = NoInput
+
+    async def execute(self, input_data: Any, context: Any = None, user: Any = None) -> dict[str, Any]:
+        return {"deleted": True}  # pragma: no cover - the middleware refuses it
+
+
+WIDGETS = [WhoAmI, AdminPanel, Public, Flexible, Protected, DeleteEverything]
 
 
 @pytest.fixture
@@ -222,11 +234,14 @@ def test_construction_matches_fastapps_signature(issuer: Issuer) -> None:
         global_resource_domains=["https://cdn.example.com"],
     )
     assert server.server_requires_auth
-    assert server.chain is chain
+    # the server's chain is the given one with `auth_required_scopes` as its last stage, built once
+    assert server.chain is not None and server.chain.stages[:-1] == chain.stages
+    assert server.chain.stages[-1].plugin_name == "scopes" and server.chain.stages[-1].name == "required-scopes"
+    unscoped = WidgetMCPServer("w", [build(WhoAmI)], auth_issuer_url=ISSUER, token_verifier=chain)
+    assert unscoped.chain is chain
     assert "https://cdn.example.com" in (server.widgets_by_id["whoami"].widget_csp or {})["resource_domains"]
     built = WidgetMCPServer("w", [build(WhoAmI)], auth_issuer_url=ISSUER, auth_resource_server_url=RESOURCE)
     assert built.chain is not None and [s.plugin_name for s in built.chain.stages] == ["jwt"]
     scoped = WidgetMCPServer("w", [build(WhoAmI)], auth_issuer_url=ISSUER, auth_required_scopes=["read"])
-    # the scopes run once, as the middleware's last stage, not also inside the built chain
-    assert scoped.chain is not None and [s.plugin_name for s in scoped.chain.stages] == ["jwt"]
+    assert scoped.chain is not None and [s.plugin_name for s in scoped.chain.stages] == ["jwt", "scopes"]
     assert scoped.server_auth_scopes == ["read"]

@@ -5,6 +5,7 @@ The 2.x/4.x versions of the same hosts are tested in ``tests/hosts`` (``make tes
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
 
 from mcp.server.auth.settings import AuthSettings
@@ -90,3 +91,36 @@ async def test_fastmcp2_adapter_with_remote_auth_provider() -> None:
     assert ok.status_code == 200 and "subject=alice" in ok.text
     assert bad.status_code == 401 and 'error="invalid_token"' in bad.headers["www-authenticate"]
     assert at is not None and at.subject == "bob" and at.claims["sub"] == "bob"
+
+
+class BindsChain(VerifierChain):
+    """Records the resource URLs a host binds the chain to (``Stage.bind_resource``; the chain passes it on)."""
+
+    def __init__(self) -> None:
+        super().__init__(Counting())
+        self.bound: list[str] = []
+
+    def bind_resource(self, resource_url: str) -> None:
+        self.bound.append(resource_url)
+        super().bind_resource(resource_url)
+
+
+def test_every_integration_that_knows_the_resource_url_binds_the_chain_to_it() -> None:
+    from fastapps_auth.integrations.fastapps import WidgetMCPServer
+    from fastapps_auth.integrations.fastmcp import as_fastmcp_verifier
+    from tests.support.widgets import Public, build
+
+    binds: dict[str, Callable[[VerifierChain], object]] = {
+        "token_verifier": lambda c: token_verifier(c, resource_url=RESOURCE),
+        "protect": lambda c: protect(SDKFastMCP("x").streamable_http_app(), c, resource_url=RESOURCE),
+        "as_fastmcp_verifier": lambda c: as_fastmcp_verifier(c, resource_url=RESOURCE),
+        "WidgetMCPServer": lambda c: WidgetMCPServer(
+            "w", [build(Public)], auth_resource_server_url=RESOURCE, token_verifier=c
+        ),
+    }
+    seen = {}
+    for name, bind in binds.items():
+        chain = BindsChain()
+        bind(chain)
+        seen[name] = chain.bound
+    assert seen == {name: [RESOURCE] for name in binds}

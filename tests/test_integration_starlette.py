@@ -17,8 +17,6 @@ from starlette.routing import Route
 
 from fastapps_auth import (
     AccessToken,
-    Decision,
-    Observer,
     RateLimitInfo,
     Rejected,
     Stage,
@@ -40,6 +38,7 @@ from fastapps_auth.integrations.starlette import (
 from fastapps_auth.request import current_request
 from fastapps_auth.stage import StageOptions
 from fastapps_auth.stages.scopes import ScopesStage
+from tests.support.decisions import Recorder
 
 META = "https://api.example.com/.well-known/oauth-protected-resource/mcp"
 
@@ -104,7 +103,7 @@ def auth() -> TableAuth:
     return TableAuth()
 
 
-def client(app: Starlette, peer: str = "127.0.0.1") -> httpx.AsyncClient:
+def client(app: Any, peer: str = "127.0.0.1") -> httpx.AsyncClient:
     transport = httpx.ASGITransport(app=app, client=(peer, 1234))
     return httpx.AsyncClient(transport=transport, base_url="http://test")
 
@@ -153,22 +152,22 @@ async def test_missing_scope_is_403_insufficient_scope(auth: TableAuth) -> None:
 
 
 async def test_middleware_required_scopes(auth: TableAuth) -> None:
-    seen: list[Decision] = []
-
-    class Record(Observer[ComponentOptions]):
-        plugin_name: ClassVar[str] = "record"
-
-        def __call__(self, decision: Decision) -> None:
-            seen.append(decision)
-
-    chain = VerifierChain(auth, observers=[Record()])
-    async with client(make_app(chain, required_scopes=["write"])) as c:
+    record = Recorder()
+    chain = VerifierChain(auth, observers=[record])
+    inner = Starlette(routes=[Route("/mcp", whoami)])
+    with pytest.warns(DeprecationWarning, match="scopes` stage in the chain"):
+        app = ChainAuthMiddleware(inner, chain, required_scopes=["write"])
+    assert [s.name for s in app.chain.stages] == ["table-auth", "required-scopes"]  # built once, the one chain
+    async with client(app) as c:
         denied = await c.get("/mcp", headers=bearer("good"))
         allowed = await c.get("/mcp", headers=bearer("writer"))
     assert denied.status_code == 403 and 'scope="write"' in denied.headers["www-authenticate"]
     assert allowed.status_code == 200
     # the observers record the refusal the client got, once, from the chain's last stage
-    assert [(d.allowed, d.status, d.stage) for d in seen] == [(False, 403, "required-scopes"), (True, 200, None)]
+    assert [(d.allowed, d.status, d.stage) for d in record.decisions] == [
+        (False, 403, "required-scopes"),
+        (True, 200, None),
+    ]
     assert auth.calls == 2
 
 
@@ -243,13 +242,21 @@ async def test_per_tool_scope_is_403_at_the_middleware(auth: TableAuth) -> None:
 
 async def test_oversized_json_body_is_413_and_batched_tool_calls_are_400(auth: TableAuth) -> None:
     call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "x"}}
-    async with client(make_app(VerifierChain(auth), max_body_bytes=100)) as c:
+    record = Recorder()
+    async with client(make_app(VerifierChain(auth, observers=[record]), max_body_bytes=180)) as c:
         big = await c.post("/mcp", json={"pad": "x" * 200}, headers=bearer("good"))
-    async with client(make_app(VerifierChain(auth))) as c:
         batch = await c.post("/mcp", json=[call, call], headers=bearer("good"))
+        forged = await c.post("/mcp", json={"pad": "x" * 200}, headers=bearer("bad"))
     assert big.status_code == 413
-    assert batch.status_code == 400
-    assert auth.calls == 0
+    assert batch.status_code == 400 and batch.json()["error"]["code"] == -32600
+    assert forged.status_code == 401  # refused after the token is checked: a bad token is a 401 first
+    # every answer is one decision the observers see, with who sent it
+    assert [(d.status, d.stage, d.reason) for d in record.decisions] == [
+        (413, "http", "body_too_large"),
+        (400, "http", "batched_tool_call"),
+        (401, "table-auth", "bad_signature"),
+    ]
+    assert [d.principal.subject if d.principal else None for d in record.decisions] == ["alice", "alice", None]
 
 
 async def test_forwarded_for_only_from_trusted_proxies(auth: TableAuth) -> None:
@@ -292,6 +299,11 @@ async def test_verifier_binds_resource_from_audience(auth: TableAuth) -> None:
     v = RequestScopedVerifier(VerifierChain(auth), resource_url="https://api.example.com/mcp/")
     assert v.bind_resource(at).resource == "https://api.example.com/mcp"
     assert v.bind_resource(at.model_copy(update={"claims": {"aud": "elsewhere"}})).resource is None
+    # another accepted audience already set as the resource gives way to the one naming this server
+    assert v.bind_resource(at.model_copy(update={"resource": "other"})).resource == "https://api.example.com/mcp"
+    # compared as the SDK compares it: host case and default port do not matter
+    odd = at.model_copy(update={"claims": {"aud": ["other", "https://API.example.com:443/mcp"]}})
+    assert v.bind_resource(odd).resource == "https://API.example.com:443/mcp"
 
 
 async def test_cors_is_explicit(auth: TableAuth) -> None:
@@ -315,9 +327,10 @@ async def test_cors_is_explicit(auth: TableAuth) -> None:
 def test_rpc_target_shapes() -> None:
     assert rpc_target(b'{"method":"tools/call","params":{"name":"t"}}') == ("tools/call", "t", True)
     assert rpc_target(b'{"method":"tools/list"}') == ("tools/list", None, True)
-    assert rpc_target(b"not json") == (None, None, True)
     assert rpc_target(b'[{"method":"ping"}]') == ("batch", None, True)
-    assert rpc_target(b"[" * 100_000) == (None, None, True)
+    # a body that cannot be read is refused, never taken for a request that calls no tool
+    assert rpc_target(b"not json") == (None, None, False)
+    assert rpc_target(b"[" * 100_000) == (None, None, False)
 
 
 @settings(max_examples=200)

@@ -72,7 +72,7 @@ def scenarios() -> list[Scenario]:
     return [
         Scenario("valid user calls a widget", lambda t: t.mint("alice"), "hello", 200),
         Scenario("user with the scope calls report", lambda t: t.mint("erin", scopes=[SCOPE]), SCOPED_TOOL, 200),
-        Scenario("no token", lambda t: None, "hello", 401, None, "no_credentials"),
+        Scenario("no token", lambda t: None, "hello", 401, None, "missing_token"),
         Scenario("tampered token", lambda t: t.tampered("alice"), "hello", 401, "jwt", "bad_signature"),
         Scenario("expired token", lambda t: t.expired("alice"), "hello", 401, "jwt", "expired"),
         Scenario("banned user", lambda t: t.mint("bob"), "hello", 401, "user-status", "user_banned"),

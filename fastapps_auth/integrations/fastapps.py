@@ -21,12 +21,10 @@ from mcp.server.auth.provider import AccessToken
 from fastapps_auth.chain import VerifierChain
 from fastapps_auth.component import ComponentOptions
 from fastapps_auth.errors import Rejected
-from fastapps_auth.integrations.starlette import (
-    ChainAuthMiddleware,
-    RequestScopedVerifier,
-    cors_middleware,
-    current_access_token,
-)
+from fastapps_auth.integrations.asgi.context import RequestScopedVerifier, current_access_token
+from fastapps_auth.integrations.asgi.cors import cors_middleware
+from fastapps_auth.integrations.asgi.middleware import ChainAuthMiddleware, with_required_scopes
+from fastapps_auth.integrations.asgi.tools import exact_names
 from fastapps_auth.stage import Stage, StageOptions, Verification
 
 if TYPE_CHECKING:
@@ -56,11 +54,21 @@ class VerifierStage(Stage[StageOptions]):
         v.access_token = at
 
 
-def _as_chain(verifier: Any, issuer_url: str | None, audience: str | None) -> VerifierChain | None:
+def _as_chain(
+    verifier: Any, issuer_url: str | None, audience: str | None, required_scopes: list[str]
+) -> VerifierChain | None:
     """The chain to run: the one given, a given verifier wrapped, or a ``jwt`` stage for the issuer.
 
-    ``auth_required_scopes`` are not added here: the middleware runs them as the chain's last stage.
+    ``auth_required_scopes`` are its last stage (a ``scopes`` stage named ``required-scopes``), so the
+    decision the observers record is the one the client gets.
     """
+    chain = _authenticating_chain(verifier, issuer_url, audience)
+    if chain is None or not required_scopes:
+        return chain
+    return with_required_scopes(chain, required_scopes)
+
+
+def _authenticating_chain(verifier: Any, issuer_url: str | None, audience: str | None) -> VerifierChain | None:
     if isinstance(verifier, VerifierChain):
         return verifier
     if verifier is not None:
@@ -133,7 +141,9 @@ class WidgetMCPServer(_FastAppsServer):  # type: ignore[misc, unused-ignore]
         self.global_connect_domains = global_connect_domains or []
         self._configure_widget_csp(widgets)
 
-        self.chain = _as_chain(token_verifier, auth_issuer_url, auth_audience)
+        self.chain = _as_chain(token_verifier, auth_issuer_url, auth_audience, list(auth_required_scopes or []))
+        if self.chain is not None and auth_resource_server_url:
+            self.chain.bind_resource(auth_resource_server_url)
         # FastApps' policy for undecorated widgets; ``anonymous="allow"`` opens only @no_auth/@optional_auth ones.
         self.server_requires_auth = self.chain is not None
         self.server_auth_scopes = list(auth_required_scopes or [])
@@ -198,8 +208,8 @@ class WidgetMCPServer(_FastAppsServer):  # type: ignore[misc, unused-ignore]
                     resource_metadata_url=self.resource_metadata_url,
                     paths=[self.path],
                     anonymous=self.anonymous,
-                    required_scopes=self.server_auth_scopes,
                     trusted_proxies=self.trusted_proxies,
+                    resolve_tool=exact_names(self.widgets_by_id),  # FastApps calls the widget of that id
                 )
             )
         app: Starlette = self.mcp.http_app(path=self.path, stateless_http=True, middleware=middleware)

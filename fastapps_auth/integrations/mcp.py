@@ -8,7 +8,7 @@ middleware already made for the request, so the chain runs once.
     server = MCPServer("demo", token_verifier=token_verifier(chain, resource_url=URL),
                        auth=AuthSettings(issuer_url=ISSUER, resource_server_url=URL,
                                          validate_token_resource=True))
-    app = protect(server.streamable_http_app(), chain, resource_url=URL)
+    app = protect(server.streamable_http_app(), chain, server=server, resource_url=URL)
 """
 
 from __future__ import annotations
@@ -16,13 +16,18 @@ from __future__ import annotations
 from typing import Any
 
 from fastapps_auth.chain import VerifierChain
-from fastapps_auth.integrations.starlette import ChainAuthMiddleware, RequestScopedVerifier
+from fastapps_auth.integrations.asgi.context import RequestScopedVerifier
+from fastapps_auth.integrations.asgi.middleware import ChainAuthMiddleware
+from fastapps_auth.integrations.asgi.tools import ToolResolver, exact_names
 
-__all__ = ["metadata_url", "protect", "token_verifier"]
+__all__ = ["metadata_url", "protect", "token_verifier", "tool_resolver"]
 
 
 def token_verifier(chain: VerifierChain, *, resource_url: str | None = None) -> RequestScopedVerifier:
-    """The chain as an MCP ``TokenVerifier``; ``resource_url`` sets ``AccessToken.resource`` from a matching ``aud``."""
+    """The chain as an MCP ``TokenVerifier``; ``resource_url`` binds the chain to it (RFC 8707) and sets
+    ``AccessToken.resource`` from the audience that names it."""
+    if resource_url:
+        chain.bind_resource(resource_url)
     return RequestScopedVerifier(chain, resource_url=resource_url)
 
 
@@ -34,12 +39,50 @@ def metadata_url(resource_url: str) -> str:
     return str(build_resource_metadata_url(AnyHttpUrl(resource_url)))
 
 
-def protect(app: Any, chain: VerifierChain, *, resource_url: str | None = None, **options: Any) -> Any:
+def _is_fastmcp(server: Any) -> bool:
+    try:
+        from fastmcp import FastMCP
+    except ImportError:  # pragma: no cover - FastMCP is not installed
+        return False
+    return isinstance(server, FastMCP)
+
+
+def tool_resolver(server: Any) -> ToolResolver:
+    """How ``server`` resolves a called tool's name: FastMCP's own lookup, or the SDK's tool registry.
+
+    The SDK's ``FastMCP`` (1.x) and ``MCPServer`` (2.x) dispatch on the exact registered name.
+    """
+    if _is_fastmcp(server):
+        from fastapps_auth.integrations.fastmcp import tool_resolver as fastmcp_tools
+
+        return fastmcp_tools(server)
+    # The SDK's servers publish their tools only as list_tools(), which builds every tool's schema
+    # model per call; the registry they dispatch on answers one name with a dict lookup.
+    manager = getattr(server, "_tool_manager", None)
+    if manager is None or not hasattr(manager, "get_tool"):
+        raise TypeError(f"cannot resolve the tools of a {type(server).__name__}: pass resolve_tool= instead")
+    return exact_names(lambda name: manager.get_tool(name) is not None)
+
+
+def protect(
+    app: Any, chain: VerifierChain, *, server: Any = None, resource_url: str | None = None, **options: Any
+) -> Any:
     """Put ``ChainAuthMiddleware`` outermost on a Starlette ``app`` (before its first request) and return it.
 
-    ``options`` are ``ChainAuthMiddleware``'s (``paths``, ``trusted_proxies``, ``anonymous``, ...).
+    ``server``: the MCP server behind ``app`` (the SDK's ``FastMCP``/``MCPServer``, or FastMCP), so
+    per-tool rules apply to the tool it resolves a called name to; for FastMCP 4 this also adds the
+    ``ToolRules`` middleware to it. ``resource_url`` binds the chain to the server (RFC 8707) and
+    advertises its metadata. ``options`` are ``ChainAuthMiddleware``'s (``paths``, ``trusted_proxies``, ...).
     """
     if resource_url is not None:
+        chain.bind_resource(resource_url)
         options.setdefault("resource_metadata_url", metadata_url(resource_url))
+    if server is not None:
+        resolve = tool_resolver(server)
+        options.setdefault("resolve_tool", resolve)
+        if _is_fastmcp(server) and hasattr(server, "get_tool_by_hash"):
+            from fastapps_auth.integrations.fastmcp import ToolRules
+
+            server.add_middleware(ToolRules(chain, resolve))
     app.add_middleware(ChainAuthMiddleware, chain=chain, **options)
     return app
