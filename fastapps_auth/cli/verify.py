@@ -9,7 +9,6 @@ per-method decisions can be explained too. A token pasted with its scheme (``Bea
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import ipaddress
 import json
 import math
@@ -226,7 +225,7 @@ def verify_command(
 
     def request_for(scheme: str | None) -> RequestInfo | None:
         if scheme == "dpop":
-            return dataclasses.replace(base or RequestInfo(method="POST"), auth_scheme="dpop")
+            return (base or RequestInfo(method="POST"))._replace(auth_scheme="dpop")
         return base
 
     async def run() -> list[Any]:
