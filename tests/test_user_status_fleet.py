@@ -24,7 +24,8 @@ import pytest
 from fastapps_auth import ManualClock, chain_from_config
 from fastapps_auth.backends.users import StoreUnavailable
 from tests.support import pg_servers
-from tests.support.user_status import UserStatusChains
+from tests.support.stages import registered
+from tests.support.user_status import TokenUser, UserStatusChains
 from tests.test_user_status import USERS
 from tests.test_user_status_postgres import DEADLINE, Table, recorder
 
@@ -73,7 +74,10 @@ def test_the_documented_pgbouncer_setup_builds() -> None:
     block = re.search(r"```toml\n((?:(?!```).)*DATABASE_POOLER_URL(?:(?!```).)*)```", text, re.S)
     assert block is not None, "docs/stages/user-status.md shows no PgBouncer setup"
     env = {"DATABASE_POOLER_URL": "postgresql://app@pgbouncer/app", "DATABASE_DIRECT_URL": "postgresql://app@db/app"}
-    (stage,) = chain_from_config(tomllib.loads(block.group(1)), env=env).stages
+    config = tomllib.loads(block.group(1))
+    config["stages"].insert(0, {"use": "token-user"})  # the page shows the user-status stage alone
+    with registered(TokenUser):
+        _, stage = chain_from_config(config, env=env).stages
     options = stage.options
     assert (options.dsn, options.listen_dsn) == (env["DATABASE_POOLER_URL"], env["DATABASE_DIRECT_URL"])
     assert options.statement_cache_size == 0

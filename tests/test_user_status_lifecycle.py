@@ -15,6 +15,7 @@ from fastapps_auth import ConfigError, ManualClock, VerifierChain, chain_from_co
 from fastapps_auth.backends.users import StoreUnavailable
 from fastapps_auth.stages import user_status
 from fastapps_auth.stages.user_status import UserStatusStage
+from tests.support.stages import registered
 from tests.support.user_status import TokenUser
 from tests.test_user_status import make_sqlite
 
@@ -28,20 +29,21 @@ def test_removed_batching_options_warn_once_and_are_ignored(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(user_status, "_warned", set())
-    config = {"stages": [{"use": "user-status", "batch_max_size": 1, "batch_inflight": 4, "name": "users"}]}
-    with caplog.at_level(logging.WARNING, logger="fastapps_auth.user_status"):
+    users = {"use": "user-status", "batch_max_size": 1, "batch_inflight": 4, "name": "users"}
+    config = {"stages": [{"use": "token-user"}, users]}
+    with caplog.at_level(logging.WARNING, logger="fastapps_auth.user_status"), registered(TokenUser):
         chains = [chain_from_config(config) for _ in range(3)]
     warned = [r.getMessage() for r in caplog.records]
     assert len(warned) == 2  # one per removed option, however many chains name it
     assert all("is ignored" in m and "next release" in m and "'users'" in m for m in warned)
     assert {"batch_max_size", "batch_inflight"} == {m.split("option ")[1].split()[0] for m in warned}
-    (stage,) = chains[0].stages
+    _, stage = chains[0].stages
     assert "batch_max_size" not in type(stage.options).model_fields
 
 
 def test_an_unknown_option_is_still_an_error() -> None:
-    with pytest.raises(ConfigError, match="unknown option") as info:
-        chain_from_config({"stages": [{"use": "user-status", "batch_size": 1}]})
+    with pytest.raises(ConfigError, match="unknown option") as info, registered(TokenUser):
+        chain_from_config({"stages": [{"use": "token-user"}, {"use": "user-status", "batch_size": 1}]})
     assert info.value.location.key == "batch_size"
 
 
@@ -53,8 +55,8 @@ def test_an_unknown_option_is_still_an_error() -> None:
     ],
 )
 def test_listen_dsn_is_checked_by_the_postgres_store(options: dict[str, Any], fragment: str) -> None:
-    with pytest.raises(ConfigError, match=fragment) as info:
-        chain_from_config({"stages": [{"use": "user-status", **options}]})
+    with pytest.raises(ConfigError, match=fragment) as info, registered(TokenUser):
+        chain_from_config({"stages": [{"use": "token-user"}, {"use": "user-status", **options}]})
     assert info.value.location.key == "listen_dsn"
 
 

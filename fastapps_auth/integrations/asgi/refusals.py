@@ -34,7 +34,9 @@ _BODY_REFUSALS = {
 def body_refusal(reason: str) -> Rejected:
     """The ``Rejected`` of a message the middleware will not pass on (a reason from the body module)."""
     description, status = _BODY_REFUSALS[reason]
-    return Rejected(reason, description, error="invalid_request", status=status)
+    # RFC 6750's invalid_request is a 400; a body over the limit is a 413 of its own.
+    error = "invalid_request" if status == 400 else "request_too_large"
+    return Rejected(reason, description, error=error, status=status)
 
 
 def lookup_failed() -> Rejected:
