@@ -4,16 +4,16 @@ request context, configuration errors, RFC 9449's own example, and inputs no req
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fastapps_auth import AccessToken, ConfigError, ManualClock, RequestInfo, Stage, Verification, VerifierChain
+from fastapps_auth import ConfigError, ManualClock, RequestInfo, VerifierChain
 from fastapps_auth.backends.dpop.replay import MemoryReplayStore
 from fastapps_auth.stages.dpop import DPoPStage
-from tests.support.dpop import Setup, request
+from tests.support.dpop import Introspected, Setup, request
 
 RFC_TOKEN = "Kz~8mXK1EalYznwH-LC-1fBAo.4Ljp~zsPE_NeO.gxU"
 RFC_JKT = "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"
@@ -25,21 +25,6 @@ RFC_PROOF = (
     "ZWN0ZWRyZXNvdXJjZSIsImlhdCI6MTU2MjI2MjYxOCwiYXRoIjoiZlVIeU8ycjJaM0RaNTNFc05yV0JiMHhXWG9hTnk1OUlpS0NBcWtzbVFFb"
     "yJ9.2oW9RP35yRqzhrtNP86L-Ey71EOptxRimPPToA1plemAgR6pxHF8y6-yqyVnmcw6Fy1dqd-jfxSYoMxhAJpLjA"
 )
-
-
-class Introspected(Stage[Any]):
-    """Authenticates any token as an introspection stage would: the response's ``cnf`` lands in the claims."""
-
-    authenticates: ClassVar[bool] = True
-
-    def __init__(self, cnf: dict[str, str]) -> None:
-        super().__init__()
-        self.cnf = cnf
-
-    async def __call__(self, v: Verification) -> None:
-        v.access_token = AccessToken(
-            token=v.token, client_id="c", scopes=[], subject="alice", claims={"active": True, "cnf": self.cnf}
-        )
 
 
 async def test_rfc_9449s_own_example_request_passes_and_the_reverse_fails() -> None:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from typing import Any
+from typing import Any, ClassVar
 
-from fastapps_auth import ManualClock, RequestInfo, VerifierChain
+from fastapps_auth import AccessToken, ManualClock, RequestInfo, Stage, Verification, VerifierChain
 from fastapps_auth.stages.dpop import DPoPStage
 from fastapps_auth.stages.jwt import JWTVerifier
 from tests.support.jwt_mint import SigningKey, b64, b64json, claims, signing_key
@@ -96,3 +96,18 @@ class Setup:
 
 def request(*proofs: str, scheme: str | None = "dpop", method: str = "POST", url: str | None = URL) -> RequestInfo:
     return RequestInfo(method=method, path="/mcp", url=url, auth_scheme=scheme, dpop_proofs=tuple(proofs))
+
+
+class Introspected(Stage[Any]):
+    """Authenticates any token as an introspection stage would: the response's ``cnf`` lands in the claims."""
+
+    authenticates: ClassVar[bool] = True
+
+    def __init__(self, cnf: dict[str, str]) -> None:
+        super().__init__()
+        self.cnf = cnf
+
+    async def __call__(self, v: Verification) -> None:
+        v.access_token = AccessToken(
+            token=v.token, client_id="c", scopes=[], subject="alice", claims={"active": True, "cnf": self.cnf}
+        )
