@@ -1,4 +1,4 @@
-"""Test helpers for users of fastapps-auth: a dev issuer, token minting, a chain trusting it.
+"""Test helpers for users of fastapps-auth: a dev issuer, token minting, a chain trusting it, DPoP proofs.
 
 The pytest fixtures (``dev_issuer``, ``mint``, ``expired_token``, ``not_yet_valid_token``,
 ``rotate_keys``, ``auth_chain``) come from ``fastapps_auth.testing.plugin``, loaded
@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from fastapps_auth.dev_issuer import DevIssuer, RunningIssuer
     from fastapps_auth.dev_issuer.server import BackgroundServer
+    from fastapps_auth.testing.dpop import DPoPKey
     from fastapps_auth.testing.issuer import (
         TEST_AUDIENCE,
         Minter,
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = [
     "TEST_AUDIENCE",
     "BackgroundServer",
+    "DPoPKey",
     "DevIssuer",
     "Minter",
     "RunningIssuer",
@@ -38,6 +40,7 @@ _WHERE = {
     "DevIssuer": "fastapps_auth.dev_issuer",
     "RunningIssuer": "fastapps_auth.dev_issuer",
     "BackgroundServer": "fastapps_auth.dev_issuer.server",
+    "DPoPKey": "fastapps_auth.testing.dpop",
 }
 
 
