@@ -16,8 +16,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from fastapps_auth import ManualClock, VerifierChain
+from fastapps_auth.dev_issuer import RunningIssuer
 from fastapps_auth.stages.dpop import DPoPStage
 from fastapps_auth.testing.dpop import DPoPKey, access_token_hash, bind
+from fastapps_auth.testing.issuer import Minter, issuer_chain
 from tests.support.dpop import URL, Introspected, Setup, ath, request, thumbprint
 from tests.support.jwt_mint import claims
 
@@ -88,3 +90,21 @@ async def test_a_bound_token_from_an_introspection_like_stage(clock: ManualClock
     chain = VerifierChain(Introspected(key.cnf), DPoPStage(clock=clock), clock=clock)
     token = "opaque-token-value"
     assert (await chain.evaluate(token, request=request(key.proof("POST", URL, token, iat=clock.time())))).allowed
+
+
+async def test_the_documented_flow_with_the_dev_issuer_fixtures(mint: Minter, dev_issuer: RunningIssuer) -> None:
+    """What docs/stages/dpop.md tells users: ``mint(..., claims={"cnf": key.cnf})`` and ``key.headers``."""
+    from fastapps_auth.testing import DPoPKey as Exported
+
+    assert Exported is DPoPKey
+    key = DPoPKey.generate()
+    token = mint("alice", claims={"cnf": key.cnf})
+    chain = issuer_chain(dev_issuer, DPoPStage())
+    try:
+        proof = key.headers("POST", URL, token)["DPoP"]
+        assert (await chain.evaluate(token, request=request(proof))).allowed
+        stolen = mint("alice", claims={"cnf": DPoPKey.generate().cnf})
+        d = await chain.evaluate(stolen, request=request(key.proof("POST", URL, stolen)))
+        assert d.reason == "dpop_key_mismatch"
+    finally:
+        await chain.aclose()

@@ -4,7 +4,7 @@
 from fastapps_auth.testing.dpop import DPoPKey
 
 key = DPoPKey.generate()                          # ES256 by default
-token = mint(sub="alice", cnf=key.cnf)            # a token bound to the key
+token = mint("alice", claims={"cnf": key.cnf})    # the `mint` fixture: a token bound to the key
 headers = key.headers("POST", "http://127.0.0.1:8000/mcp", token)
 response = httpx.post("http://127.0.0.1:8000/mcp", headers=headers, json=...)
 ```
