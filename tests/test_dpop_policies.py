@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fastapps_auth import ConfigError, ManualClock, RequestInfo, VerifierChain
+from fastapps_auth.backends.dpop.htu import canonical_uri, same_uri
 from fastapps_auth.backends.dpop.replay import MemoryReplayStore
 from fastapps_auth.stages.dpop import DPoPStage
 from tests.support.dpop import Introspected, Setup, request
@@ -191,3 +192,37 @@ async def test_changing_any_character_of_a_valid_proof_makes_it_fail(clock: Manu
     mutated = proof[:i] + char + proof[i + 1 :]
     d = await s.chain.evaluate(token, request=request(mutated))
     assert not d.allowed and d.error == "invalid_dpop_proof"
+
+
+@pytest.mark.parametrize(
+    ("uri", "canonical"),
+    [
+        ("HTTPS://Example.COM:443", "https://example.com/"),
+        ("http://example.com:80/a/./b/../c/", "http://example.com/a/c/"),
+        ("http://[::1]:8080/mcp", "http://[::1]:8080/mcp"),
+        ("https://example.com/%7euser/%2f", "https://example.com/~user/%2F"),
+        ("https://example.com/mcp?x=1#y", "https://example.com/mcp"),
+        ("https://user:pw@example.com/mcp", None),
+        ("https://example.com:99999/mcp", None),
+        ("ftp://example.com/mcp", None),
+        ("/mcp", None),
+        ("https://example.com/a b", None),
+    ],
+)
+def test_canonical_uri(uri: str, canonical: str | None) -> None:
+    assert canonical_uri(uri) == canonical
+
+
+@given(st.from_regex(r"https?://[a-zA-Z0-9.-]{1,20}(:[0-9]{1,4})?(/[a-zA-Z0-9._~%-]{0,8}){0,4}", fullmatch=True))
+def test_canonical_uri_is_idempotent_and_matches_itself(uri: str) -> None:
+    canonical = canonical_uri(uri)
+    if canonical is not None:
+        assert canonical_uri(canonical) == canonical
+        assert same_uri(uri, canonical) and same_uri(canonical, uri)
+
+
+async def test_a_proof_that_is_not_a_string_is_refused_not_a_crash(clock: ManualClock) -> None:
+    s = Setup(clock)
+    token = s.token()
+    d = await s.chain.evaluate(token, request=request(b"bytes-from-a-sloppy-host"))  # type: ignore[arg-type]
+    assert (d.reason, d.status) == ("dpop_proof_malformed", 401)

@@ -138,6 +138,8 @@ class ProofVerifier:
 
     def verify(self, proof: str) -> Proof:
         """The proof's key thumbprint and claims, once its header, key and signature are acceptable."""
+        if type(proof) is not str:
+            raise ProofError("dpop_proof_malformed", "the DPoP proof is not a compact JWS")
         if len(proof) > self.max_bytes:
             raise ProofError("dpop_proof_too_large", "the DPoP proof is too large")
         if not _COMPACT.fullmatch(proof):
