@@ -258,20 +258,21 @@ class DPoPStage(Stage[DPoPOptions]):
 
     async def start(self) -> None:
         """Connect to Redis now (one PING) instead of at the first proof; a failure is logged, not raised."""
-        ping = getattr(self._store, "ping", None)
-        if ping is not None:
-            try:
-                await ping()
-            except Exception as exc:
-                logger.warning("dpop stage %r cannot reach its replay cache yet (%s)", self.name, type(exc).__name__)
+        try:
+            await self._ping()
+        except Exception as exc:
+            logger.warning("dpop stage %r cannot reach its replay cache yet (%s)", self.name, type(exc).__name__)
 
     async def probe(self) -> None:
-        ping = getattr(self._store, "ping", None)
+        try:
+            await self._ping()
+        except Exception as exc:
+            raise RuntimeError(f"replay cache unreachable ({type(exc).__name__})") from None
+
+    async def _ping(self) -> None:
+        ping = getattr(self._store, "ping", None)  # a store with a service behind it has one
         if ping is not None:
-            try:
-                await ping()
-            except Exception as exc:
-                raise RuntimeError(f"replay cache unreachable ({type(exc).__name__})") from None
+            await ping()
 
     async def aclose(self) -> None:
         if self.closed:
