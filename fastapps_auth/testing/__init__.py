@@ -1,5 +1,5 @@
-"""Test helpers for users of fastapps-auth: a dev issuer, token minting, a chain trusting it, and
-signing in to a protected server as a real MCP client does (``oauth_client``, ``HeadlessLogin``).
+"""Test helpers for users of fastapps-auth: a dev issuer, token minting, a chain trusting it, DPoP proofs,
+and signing in to a protected server as a real MCP client does (``oauth_client``, ``HeadlessLogin``).
 
 The pytest fixtures (``dev_issuer``, ``mint``, ``expired_token``, ``not_yet_valid_token``,
 ``rotate_keys``, ``auth_chain``) come from ``fastapps_auth.testing.plugin``, loaded
@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from fastapps_auth.dev_issuer import DevIssuer, RunningIssuer
     from fastapps_auth.dev_issuer.server import BackgroundServer
+    from fastapps_auth.testing.dpop import DPoPKey
     from fastapps_auth.testing.issuer import (
         TEST_AUDIENCE,
         Minter,
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "TEST_AUDIENCE",
     "BackgroundServer",
+    "DPoPKey",
     "DevIssuer",
     "HeadlessLogin",
     "LoginError",
@@ -48,6 +50,7 @@ _WHERE = {
     "LoginError": "fastapps_auth.testing.oauth",
     "MemoryStorage": "fastapps_auth.testing.oauth",
     "oauth_client": "fastapps_auth.testing.oauth",
+    "DPoPKey": "fastapps_auth.testing.dpop",
 }
 
 

@@ -1,0 +1,130 @@
+"""The DPoP replay cache on the real Redis (database 13, a key prefix of each test's own).
+
+The claim is about several workers, so it is tested with several: two real processes, each with
+its own chain and connection pool, given the same proof at the same moment; exactly one accepts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from fastapps_auth import ManualClock
+from fastapps_auth.backends.dpop.replay import RedisReplayStore, replay_key
+from tests.support.dpop import URL, Setup, request
+from tests.support.services import REDIS_HOST
+
+pytestmark = pytest.mark.redis
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def worker(job: dict[str, object]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.support.dpop_worker", json.dumps(job)],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_a_proof_replayed_to_another_worker_process_is_refused(
+    clock: ManualClock, redis_url: str, redis_prefix: str
+) -> None:
+    s = Setup(clock)
+    token = s.token()
+    proof = s.proof(token)
+    job = {
+        "now": clock.time(),
+        "jwks": {"keys": [s.issuer.jwk()]},
+        "issuer": "https://issuer.example/",
+        "audience": "api://mcp",
+        "redis_url": redis_url,
+        "prefix": redis_prefix,
+        "token": token,
+        "proof": proof,
+        "url": URL,
+    }
+    procs = [worker(job), worker(job)]
+    try:
+        for p in procs:
+            assert p.stdout is not None
+            line = p.stdout.readline()
+            assert line.strip() == "ready", p.stderr.read() if p.stderr else line
+        for p in procs:  # both go at once: the race is Redis's to settle
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        results = [json.loads(p.communicate(timeout=60)[0].strip().splitlines()[-1]) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=10)
+    assert sorted(r["allowed"] for r in results) == [False, True], results
+    assert [r["reason"] for r in results if not r["allowed"]] == ["dpop_proof_replayed"]
+
+
+async def test_the_redis_entry_is_a_digest_with_the_proofs_ttl(
+    clock: ManualClock, redis_url: str, redis_prefix: str
+) -> None:
+    s = Setup(clock, replay_cache=redis_url, replay_prefix=redis_prefix)
+    token = s.token()
+    proof = s.proof(token, jti="my-secret-jti", iat=clock.time() - 100)
+    assert (await s.chain.evaluate(token, request=request(proof))).allowed
+    assert (await s.chain.evaluate(token, request=request(proof))).reason == "dpop_proof_replayed"
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        keys = [k.decode() async for k in client.scan_iter(match=f"{redis_prefix}*")]
+        assert keys == [f"{redis_prefix}:dpop:{replay_key(s.jkt, 'my-secret-jti').hex()}"]
+        assert "my-secret-jti" not in keys[0] and proof[:20] not in keys[0]
+        ttl = await client.pttl(keys[0])
+        assert 220_000 < ttl <= 230_000  # what is left of iat + max_age + leeway
+    finally:
+        await client.aclose()
+        await s.chain.aclose()
+
+
+async def test_the_pool_is_bounded_and_a_burst_waits_for_it(redis_url: str, redis_prefix: str) -> None:
+    name = f"{redis_prefix}-pool"
+    store = RedisReplayStore(f"{redis_url}?client_name={name}", prefix=redis_prefix, timeout=5.0, max_connections=2)
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        results = await asyncio.gather(*(store.first_use(bytes([i]) * 32, 30.0) for i in range(60)))
+        assert all(results)
+        clients = [c for c in await client.client_list() if c.get("name") == name]
+        assert 1 <= len(clients) <= 2
+        assert not await store.first_use(bytes([7]) * 32, 30.0)
+    finally:
+        await client.aclose()
+        await store.aclose()
+
+
+@pytest.mark.parametrize(("on_error", "allowed"), [("deny", False), ("allow", True)])
+async def test_redis_down_follows_on_error(
+    clock: ManualClock, caplog: pytest.LogCaptureFixture, on_error: str, allowed: bool
+) -> None:
+    with socket.socket() as sock:  # a port nobody listens on once it is closed
+        sock.bind((REDIS_HOST, 0))
+        port = sock.getsockname()[1]
+    down = f"redis://{REDIS_HOST}:{port}/13"
+    s = Setup(clock, replay_cache=down, replay_timeout=0.5, on_error=on_error)
+    token = s.token()
+    d = await s.chain.evaluate(token, request=request(s.proof(token)))
+    assert d.allowed is allowed
+    assert d.failed_open == (("dpop",) if allowed else ())
+    if not allowed:
+        assert (d.status, d.error) == (503, "temporarily_unavailable")
+    with pytest.raises(RuntimeError, match="replay cache unreachable"):
+        await s.dpop.probe()
+    await s.dpop.start()  # logged, not raised
+    assert "cannot reach its replay cache" in caplog.text
+    await s.chain.aclose()
