@@ -84,7 +84,26 @@ async def _breakdown(ours: RedisRateLimitBackend, number: int, rounds: int) -> l
         "**the backend's check** (timeout, keys, reply checked)": lambda: ours.hit("u", (Rule.make(100, WINDOW),)),
     }
     r = await alternate(steps, number, rounds)
-    return [[name, f"{1e6 / v:,.0f} µs", f"{v / r['PING']:.2f}x"] for name, v in r.items()]
+    rows = [[name, f"{1e6 / v:,.0f} µs", f"{v / r['PING']:.2f}x"] for name, v in r.items()]
+    hit = steps["**the backend's check** (timeout, keys, reply checked)"]
+    for name, command, call in (("PING", "ping", client.ping), ("the backend's check", "evalsha", hit)):
+        usec = await _server_usec(client, command, call, number)
+        rows.append([f"{name}: the server's own time (INFO commandstats)", f"{usec:,.1f} µs", ""])
+    return rows
+
+
+async def _server_usec(client: Any, command: str, call: Call, number: int) -> float:
+    """Microseconds the server itself spends per ``command``, from INFO commandstats around ``number`` calls."""
+
+    async def total() -> tuple[int, int]:
+        stats = (await client.info("commandstats")).get(f"cmdstat_{command}", {})
+        return int(stats.get("calls", 0)), int(stats.get("usec", 0))
+
+    calls0, usec0 = await total()
+    for _ in range(number):
+        await call()
+    calls1, usec1 = await total()
+    return (usec1 - usec0) / max(1, calls1 - calls0)
 
 
 async def bench_single(smoke: bool) -> tuple[list[list[object]], dict[str, float], list[list[object]]] | None:
@@ -318,7 +337,8 @@ def redis_parts(smoke: bool, results: list[dict[str, object]]) -> list[str]:
         "",
         "A check is one EVALSHA: what separates it from a PING is redis-py's script call (its `register_script` "
         "wrapper included), the GCRA script's own work on the server (TIME, GET, SET), and the check's bound "
-        "(`asyncio.timeout`). `limits`, on the same client library, pays the same.",
+        "(`asyncio.timeout`). `limits`, on the same client library, pays the same. The last two rows are the "
+        "server's own time per command: the GCRA script's work on the server alone is that much of a round trip.",
     ]
     results.append(
         {
