@@ -84,7 +84,7 @@ async def _breakdown(ours: RedisRateLimitBackend, number: int, rounds: int) -> l
         "**the backend's check** (timeout, keys, reply checked)": lambda: ours.hit("u", (Rule.make(100, WINDOW),)),
     }
     r = await alternate(steps, number, rounds)
-    rows = [[name, f"{1e6 / v:,.0f} µs", f"{v / r['PING']:.2f}x"] for name, v in r.items()]
+    rows: list[list[object]] = [[name, f"{1e6 / v:,.0f} µs", f"{v / r['PING']:.2f}x"] for name, v in r.items()]
     hit = steps["**the backend's check** (timeout, keys, reply checked)"]
     for name, command, call in (("PING", "ping", client.ping), ("the backend's check", "evalsha", hit)):
         usec = await _server_usec(client, command, call, number)
