@@ -42,7 +42,13 @@ async def test_an_active_opaque_token_becomes_the_access_token_with_the_answers_
 async def test_an_unknown_token_is_inactive_401(issuer: RunningIssuer) -> None:
     st = stage(issuer)
     d = await evaluate(st, "not-a-token-this-issuer-knows")
-    assert (d.allowed, d.status, d.error, d.reason, d.stage) == (False, 401, "invalid_token", "inactive", "introspection")
+    assert (d.allowed, d.status, d.error, d.reason, d.stage) == (
+        False,
+        401,
+        "invalid_token",
+        "inactive",
+        "introspection",
+    )
     await st.aclose()
 
 
@@ -118,9 +124,7 @@ async def test_a_refresh_token_is_not_an_access_token() -> None:
 
 
 @pytest.mark.parametrize("method", ["client_secret_basic", "client_secret_post"])
-async def test_both_client_authentication_methods_work_against_the_issuer(
-    issuer: RunningIssuer, method: str
-) -> None:
+async def test_both_client_authentication_methods_work_against_the_issuer(issuer: RunningIssuer, method: str) -> None:
     st = stage(issuer, auth_method=method)
     assert (await evaluate(st, issuer.mint_opaque("alice"))).allowed
     await st.aclose()

@@ -184,7 +184,7 @@ class IntrospectionStage(Stage[IntrospectionOptions]):
         shared = self._shared
         if shared is not None:
             stored = await self._shared_get(shared, digest)
-            if stored is not None:
+            if stored is not None and stored[1] > now:  # past its deadline on this clock: not reused
                 data, until = stored
                 answer = self._judge(token, data, now)
                 answer = replace(answer, until=min(answer.until, until))
