@@ -30,7 +30,7 @@ def now_clock() -> ManualClock:
 
 
 def stage(issuer: RunningIssuer, clock: ManualClock | None = None, **options: Any) -> IntrospectionStage:
-    """The introspection stage for ``issuer`` (discovery from its URL, its client, its audience); ``options`` override."""
+    """The introspection stage for ``issuer`` (discovery, its client, its audience); ``options`` override."""
     options.setdefault("issuer_url", issuer.url)
     options.setdefault("client_id", issuer.client.client_id)
     options.setdefault("client_secret", issuer.client.secret)
