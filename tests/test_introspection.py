@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -54,7 +55,7 @@ async def test_an_unknown_token_is_inactive_401(issuer: RunningIssuer) -> None:
 
 async def test_a_revoked_token_is_refused_once_its_cached_answer_is_gone(issuer: RunningIssuer) -> None:
     clock = now_clock()
-    st = stage(issuer, clock, cache_ttl=30)
+    st = stage(issuer, clock=clock, cache_ttl=30)
     token = issuer.mint_opaque("alice")
     assert (await evaluate(st, token, clock)).allowed
     assert issuer.revoke(token)
@@ -68,7 +69,7 @@ async def test_a_revoked_token_is_refused_once_its_cached_answer_is_gone(issuer:
 
 async def test_an_answer_whose_exp_has_passed_on_this_servers_clock_is_expired(issuer: RunningIssuer) -> None:
     clock = now_clock()
-    st = stage(issuer, clock, cache_ttl=0)
+    st = stage(issuer, clock=clock, cache_ttl=0)
     token = issuer.mint_opaque("alice", lifetime=120)  # the issuer (real clock) still says active
     clock.advance(121)
     d = await evaluate(st, token, clock)
@@ -78,7 +79,7 @@ async def test_an_answer_whose_exp_has_passed_on_this_servers_clock_is_expired(i
 
 async def test_a_positive_answer_is_cached_no_longer_than_the_tokens_exp(issuer: RunningIssuer) -> None:
     clock = now_clock()
-    st = stage(issuer, clock, cache_ttl=600)
+    st = stage(issuer, clock=clock, cache_ttl=600)
     token = issuer.mint_opaque("alice", lifetime=100)
     assert (await evaluate(st, token, clock)).allowed
     clock.advance(99)
@@ -241,8 +242,8 @@ def test_config_from_toml_reads_the_secret_from_the_environment(issuer: RunningI
         ({"enforce": False}, "enforce"),
     ],
 )
-def test_configuration_errors_name_the_key(options: dict[str, object], key: str) -> None:
-    base: dict[str, object] = {"introspection_url": "https://auth.example.com/introspect", "client_id": "c"}
+def test_configuration_errors_name_the_key(options: dict[str, Any], key: str) -> None:
+    base: dict[str, Any] = {"introspection_url": "https://auth.example.com/introspect", "client_id": "c"}
     base["client_secret"] = "s"
     with pytest.raises(ConfigError) as info:
         IntrospectionStage(**{**base, **options})

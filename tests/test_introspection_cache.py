@@ -6,6 +6,7 @@ import asyncio
 import logging
 import socket
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -35,7 +36,7 @@ async def test_a_repeated_token_is_answered_from_the_cache(issuer: RunningIssuer
 
 async def test_the_cache_lasts_cache_ttl(issuer: RunningIssuer) -> None:
     clock = now_clock()
-    st = stage(issuer, clock, introspection_url=issuer.introspection_endpoint, cache_ttl=10)
+    st = stage(issuer, clock=clock, introspection_url=issuer.introspection_endpoint, cache_ttl=10)
     token = issuer.mint_opaque("alice")
     await evaluate(st, token, clock)
     clock.advance(9.9)
@@ -49,7 +50,7 @@ async def test_the_cache_lasts_cache_ttl(issuer: RunningIssuer) -> None:
 
 async def test_inactive_answers_are_cached_for_negative_ttl(issuer: RunningIssuer) -> None:
     clock = now_clock()
-    st = stage(issuer, clock, introspection_url=issuer.introspection_endpoint, negative_ttl=5)
+    st = stage(issuer, clock=clock, introspection_url=issuer.introspection_endpoint, negative_ttl=5)
     for _ in range(3):
         assert (await evaluate(st, "unknown", clock)).reason == "inactive"
     assert requests(st) == 1
@@ -61,7 +62,8 @@ async def test_inactive_answers_are_cached_for_negative_ttl(issuer: RunningIssue
 
 @pytest.mark.parametrize("option", ["negative_ttl", "max_entries"])
 async def test_zero_turns_negative_caching_off(issuer: RunningIssuer, option: str) -> None:
-    st = stage(issuer, introspection_url=issuer.introspection_endpoint, **{option: 0})
+    zero: dict[str, Any] = {option: 0}
+    st = stage(issuer, introspection_url=issuer.introspection_endpoint, **zero)
     for _ in range(3):
         assert (await evaluate(st, "unknown")).reason == "inactive"
     assert requests(st) == 3
@@ -70,7 +72,8 @@ async def test_zero_turns_negative_caching_off(issuer: RunningIssuer, option: st
 
 @pytest.mark.parametrize("option", ["cache_ttl", "max_entries"])
 async def test_zero_turns_positive_caching_off(issuer: RunningIssuer, option: str) -> None:
-    st = stage(issuer, introspection_url=issuer.introspection_endpoint, **{option: 0})
+    zero: dict[str, Any] = {option: 0}
+    st = stage(issuer, introspection_url=issuer.introspection_endpoint, **zero)
     token = issuer.mint_opaque("alice")
     for _ in range(3):
         assert (await evaluate(st, token)).allowed
@@ -143,7 +146,7 @@ async def test_two_workers_share_answers_through_redis(
 ) -> None:
     clock = now_clock()
     options = {"introspection_url": issuer.introspection_endpoint, "cache": redis_url, "cache_prefix": redis_prefix}
-    a, b = stage(issuer, clock, **options), stage(issuer, clock, **options)
+    a, b = stage(issuer, clock=clock, **options), stage(issuer, clock=clock, **options)
     token = issuer.mint_opaque("alice", scopes=["read"])
     assert (await evaluate(a, token, clock)).allowed
     assert (await evaluate(a, "unknown", clock)).reason == "inactive"
@@ -166,7 +169,7 @@ async def test_a_shared_answer_keeps_its_first_deadline(
         "cache_prefix": redis_prefix,
         "cache_ttl": 10,
     }
-    a, b = stage(issuer, clock, **options), stage(issuer, clock, **options)
+    a, b = stage(issuer, clock=clock, **options), stage(issuer, clock=clock, **options)
     token = issuer.mint_opaque("alice")
     await evaluate(a, token, clock)
     issuer.revoke(token)

@@ -29,7 +29,7 @@ def now_clock() -> ManualClock:
     return ManualClock(time.time())
 
 
-def stage(issuer: RunningIssuer, clock: ManualClock | None = None, **options: Any) -> IntrospectionStage:
+def stage(issuer: RunningIssuer, *, clock: ManualClock | None = None, **options: Any) -> IntrospectionStage:
     """The introspection stage for ``issuer`` (discovery, its client, its audience); ``options`` override."""
     options.setdefault("issuer_url", issuer.url)
     options.setdefault("client_id", issuer.client.client_id)
