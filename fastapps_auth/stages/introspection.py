@@ -11,18 +11,15 @@ A cached answer means a token revoked meanwhile is still accepted until the entr
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
-from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, ClassVar
-
-from cachetools import TLRUCache
 
 from fastapps_auth.backends.http_json import FetchError
 from fastapps_auth.backends.introspection import IntrospectionClient, SharedAnswers
 from fastapps_auth.backends.redis_client import parse_redis_url
+from fastapps_auth.backends.ttl_cache import TTLCache
 from fastapps_auth.clock import Clock
 from fastapps_auth.component import ComponentOptions
 from fastapps_auth.endpoints import check_url
@@ -41,10 +38,6 @@ logger = logging.getLogger("fastapps_auth.introspection")
 #: a token an earlier alternative refused for one of these is not sent to introspection (unless
 #: ``introspect_on_jwt_failure``): a forged JWT would cost the authorization server a request each.
 JWT_SIGNATURE_FAILURES = frozenset({"bad_signature", "unknown_key", "unsupported_algorithm"})
-
-
-def _deadline(_key: bytes, answer: Answer, _now: float) -> float:
-    return answer.until
 
 
 class IntrospectionStage(Stage[IntrospectionOptions]):
@@ -101,11 +94,10 @@ class IntrospectionStage(Stage[IntrospectionOptions]):
             max_bytes=o.max_response_bytes,
             allow_insecure_http=o.allow_insecure_http,
         )
-        self._memory: TLRUCache[bytes, Answer] | None = (
-            TLRUCache(maxsize=o.max_entries, ttu=_deadline, timer=self.clock.time) if o.max_entries > 0 else None
-        )
+        # With max_entries = 0 nothing is kept, but concurrent lookups of one token still share a request.
+        self._cache: TTLCache[bytes, Answer] = TTLCache(max(1, o.max_entries), clock=self.clock)
+        self._keep = o.max_entries > 0
         self._shared = self._open_shared(o)
-        self._inflight: dict[bytes, asyncio.Task[Answer]] = {}
         self._shared_failing = False
 
     # -- construction -----------------------------------------------------------------------------
@@ -144,15 +136,16 @@ class IntrospectionStage(Stage[IntrospectionOptions]):
             raise Rejected("jwt_signature_failed", "the token is a JWT whose signature failed")
         if len(v.token) > self.options.max_token_bytes:
             raise Rejected("token_too_large", "the token is too large")
-        memory = self._memory
-        answer = memory.get(v.digest) if memory is not None else None
-        if answer is not None:
+        found, answer = self._cache.get(v.digest)
+        if found:
             v.cache_hit = True
         else:
             v.cache_hit = False
             if not self._audience.warned and not self.check_only:
                 self._audience.warn_if_unchecked(logger, "introspection", self.name)
-            answer = await self._lookup(v)
+            token, now = v.token, v.now
+            answer, _ = await self._cache.get_or_load(v.digest, lambda d: self._answer(token, d, now), self._ttl)
+        assert answer is not None
         if answer.reason is not None:
             raise Rejected(answer.reason, answer.description)
         if answer.missing:
@@ -160,24 +153,9 @@ class IntrospectionStage(Stage[IntrospectionOptions]):
         if answer.access_token is not None:
             v.access_token = answer.access_token
 
-    async def _lookup(self, v: Verification) -> Answer:
-        """The answer for ``v``'s token: one task per token however many verifications wait for it."""
-        digest = v.digest
-        task = self._inflight.get(digest)
-        if task is None:
-            task = asyncio.get_running_loop().create_task(self._answer(v.token, digest, v.now))
-            self._inflight[digest] = task
-            task.add_done_callback(self._forget(digest))
-        return await asyncio.shield(task)
-
-    def _forget(self, digest: bytes) -> Callable[[asyncio.Task[Answer]], None]:
-        def done(task: asyncio.Task[Answer]) -> None:
-            if self._inflight.get(digest) is task:
-                del self._inflight[digest]
-            if not task.cancelled():
-                task.exception()  # retrieved: a waiter that was cancelled would leave it unread
-
-        return done
+    def _ttl(self, answer: Answer) -> float:
+        """Seconds the in-process cache keeps ``answer``: until its deadline (none when the cache is off)."""
+        return answer.until - self.clock.time() if self._keep else 0.0
 
     async def _answer(self, token: str, digest: bytes, now: float) -> Answer:
         """From the shared cache, else from the endpoint (then kept in both until the answer's deadline)."""
@@ -187,15 +165,12 @@ class IntrospectionStage(Stage[IntrospectionOptions]):
             if stored is not None and stored[1] > now:  # past its deadline on this clock: not reused
                 data, until = stored
                 answer = self._judge(token, data, now)
-                answer = replace(answer, until=min(answer.until, until))
-                self._remember(digest, answer, now)
-                return answer
+                return replace(answer, until=min(answer.until, until))
         try:
             data = await self._client.introspect(token)
         except FetchError as exc:
             raise TransientError(f"introspection failed: {exc}") from None
         answer = self._judge(token, data, now)
-        self._remember(digest, answer, now)
         if shared is not None and answer.until > now:
             await self._shared_put(shared, digest, data, answer.until, now)
         return answer
@@ -205,10 +180,6 @@ class IntrospectionStage(Stage[IntrospectionOptions]):
             return self._rules.judge(token, data, now)
         except MalformedAnswer as exc:
             raise TransientError(f"the introspection answer is malformed: {exc}") from None
-
-    def _remember(self, digest: bytes, answer: Answer, now: float) -> None:
-        if self._memory is not None and answer.until > now:
-            self._memory[digest] = answer
 
     async def _shared_get(self, shared: SharedAnswers, digest: bytes) -> tuple[dict[str, Any], float] | None:
         try:
@@ -278,21 +249,18 @@ class IntrospectionStage(Stage[IntrospectionOptions]):
             await self._shared.probe()
 
     async def aclose(self) -> None:
-        """Cancel lookups in flight, close the HTTP and Redis clients; the stage then refuses every token."""
+        """Forget every answer, close the HTTP and Redis clients; the stage then refuses every token."""
         self.closed = True
-        tasks = list(self._inflight.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        self._cache.clear()  # lookups in flight are detached; closing the client ends their requests
         await self._client.aclose()
         if self._shared is not None:
             await self._shared.aclose()
 
     def stats(self) -> dict[str, float]:
         out = {
-            "cached_answers": float(len(self._memory or ())),
+            "cached_answers": float(len(self._cache) if self._keep else 0),
             "introspection_requests": float(self._client.http.requests),
-            "introspections_in_flight": float(len(self._inflight)),
+            "introspections_in_flight": float(self._cache.stats()["inflight"]),
         }
         if self._shared is not None:
             out["shared_cache_hits"] = float(self._shared.hits)
@@ -301,10 +269,10 @@ class IntrospectionStage(Stage[IntrospectionOptions]):
 
     def clear_cache(self) -> None:
         """Forget every cached answer in this process (the shared cache keeps its entries until they expire)."""
-        if self._memory is not None:
-            self._memory.clear()
+        self._cache.clear()
 
 
 def _jwt_signature_refused(v: Verification) -> bool:
     """True if an earlier alternative (in an any-of) refused this token's JWT signature."""
-    return any(t.outcome == "rejected" and t.reason in JWT_SIGNATURE_FAILURES for t in v.trace)
+    trace = v.trace
+    return bool(trace) and any(t.outcome == "rejected" and t.reason in JWT_SIGNATURE_FAILURES for t in trace)

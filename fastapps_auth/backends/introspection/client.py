@@ -15,14 +15,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-from collections.abc import Mapping
 from typing import Any, Literal
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from fastapps_auth.backends.http_json import FetchError, JSONClient
-from fastapps_auth.backends.jwks.source import discovery_urls
+from fastapps_auth.backends.jwks.source import discover_endpoint
 from fastapps_auth.clock import Clock
-from fastapps_auth.endpoints import check_url, is_loopback
 
 #: Longest wait before discovery is tried again after it failed, seconds (it doubles from 1 s).
 MAX_DISCOVERY_BACKOFF = 60.0
@@ -102,30 +100,10 @@ class IntrospectionClient:
 
     async def _discover(self) -> str:
         assert self.issuer is not None
-        last: Exception | None = None
-        for url in discovery_urls(self.issuer):
-            try:
-                meta = (await self.http.get(url)).data
-            except FetchError as exc:
-                last = exc
-                continue
-            if not isinstance(meta, Mapping):
-                raise FetchError(f"{url}: metadata is not a JSON object")
-            if meta.get("issuer") != self.issuer:
-                raise FetchError(f"{url}: metadata issuer does not equal the configured issuer")
-            endpoint = meta.get("introspection_endpoint")
-            if not isinstance(endpoint, str):
-                raise FetchError(f"{url}: metadata has no introspection_endpoint")
-            try:
-                self.endpoint = check_url(
-                    endpoint,
-                    allow_insecure_http=self.allow_insecure_http,
-                    loopback_http=is_loopback(urlsplit(self.issuer).hostname),
-                )
-            except ValueError as exc:
-                raise FetchError(f"{url}: introspection_endpoint {exc}") from None
-            return self.endpoint
-        raise FetchError(f"discovery failed for {self.issuer}: {last}")
+        self.endpoint = await discover_endpoint(
+            self.http, self.issuer, "introspection_endpoint", allow_insecure_http=self.allow_insecure_http
+        )
+        return self.endpoint
 
     async def aclose(self) -> None:
         """Cancel a discovery in flight and close the HTTP client. Safe to call twice."""

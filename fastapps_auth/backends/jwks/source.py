@@ -43,6 +43,35 @@ def discovery_urls(issuer: str) -> list[str]:
     return [oidc, rfc8414]
 
 
+async def discover_endpoint(http: JSONClient, issuer: str, name: str, *, allow_insecure_http: bool = False) -> str:
+    """The URL ``name`` (``jwks_uri``, ``introspection_endpoint``) from ``issuer``'s metadata, or ``FetchError``.
+
+    OIDC discovery, then RFC 8414. The metadata's ``issuer`` must equal ``issuer`` exactly, and the URL
+    must be https unless the issuer itself is on loopback (or ``allow_insecure_http``).
+    """
+    last: Exception | None = None
+    for url in discovery_urls(issuer):
+        try:
+            meta = (await http.get(url)).data
+        except FetchError as exc:
+            last = exc
+            continue
+        if not isinstance(meta, Mapping):
+            raise FetchError(f"{url}: metadata is not a JSON object")
+        if meta.get("issuer") != issuer:
+            raise FetchError(f"{url}: metadata issuer does not equal the configured issuer")
+        found = meta.get(name)
+        if not isinstance(found, str):
+            raise FetchError(f"{url}: metadata has no {name}")
+        try:
+            return check_url(
+                found, allow_insecure_http=allow_insecure_http, loopback_http=is_loopback(urlsplit(issuer).hostname)
+            )
+        except ValueError as exc:
+            raise FetchError(f"{url}: {name} {exc}") from None
+    raise FetchError(f"discovery failed for {issuer}: {last}")
+
+
 def cache_ttl(cache_control: str | None, *, default: float, minimum: float, maximum: float) -> float:
     """Seconds to keep a key set: ``max-age`` clamped to [minimum, maximum]; ``default`` without one."""
     if cache_control:
@@ -243,30 +272,10 @@ class RemoteKeySource(KeySource):
 
     async def _discover(self) -> str:
         assert self.issuer is not None
-        last: Exception | None = None
-        for url in discovery_urls(self.issuer):
-            try:
-                meta = (await self.http.get(url)).data
-            except FetchError as exc:
-                last = exc
-                continue
-            if not isinstance(meta, Mapping):
-                raise FetchError(f"{url}: metadata is not a JSON object")
-            if meta.get("issuer") != self.issuer:
-                raise FetchError(f"{url}: metadata issuer does not equal the configured issuer")
-            uri = meta.get("jwks_uri")
-            if not isinstance(uri, str):
-                raise FetchError(f"{url}: metadata has no jwks_uri")
-            try:
-                self.jwks_uri = check_url(
-                    uri,
-                    allow_insecure_http=self.allow_insecure_http,
-                    loopback_http=is_loopback(urlsplit(self.issuer).hostname),
-                )
-            except ValueError as exc:
-                raise FetchError(f"{url}: jwks_uri {exc}") from None
-            return self.jwks_uri
-        raise FetchError(f"discovery failed for {self.issuer}: {last}")
+        self.jwks_uri = await discover_endpoint(
+            self.http, self.issuer, "jwks_uri", allow_insecure_http=self.allow_insecure_http
+        )
+        return self.jwks_uri
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
