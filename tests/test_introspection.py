@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
 from fastapps_auth import ConfigError, VerifierChain, chain_from_config
+from fastapps_auth.cli import app
 from fastapps_auth.dev_issuer import RunningIssuer
 from fastapps_auth.stages.introspection import IntrospectionStage
 from tests.support.dev_oauth import Flow, register
@@ -248,3 +251,21 @@ def test_configuration_errors_name_the_key(options: dict[str, Any], key: str) ->
     with pytest.raises(ConfigError) as info:
         IntrospectionStage(**{**base, **options})
     assert info.value.location.key == key
+
+
+def test_check_connect_probes_the_endpoint_and_names_a_failure(issuer: RunningIssuer, tmp_path: Path) -> None:
+    def config(secret: str) -> Path:
+        path = tmp_path / "auth.toml"
+        path.write_text(
+            '[[stages]]\nuse = "introspection"\n'
+            f'issuer_url = "{issuer.url}"\nclient_id = "{issuer.client.client_id}"\nclient_secret = "{secret}"\n'
+        )
+        return path
+
+    runner = CliRunner()
+    ok = runner.invoke(app, ["check", "--connect", str(config(issuer.client.secret))])
+    assert ok.exit_code == 0, ok.output
+    bad = runner.invoke(app, ["check", "--connect", str(config("wrong-secret"))])
+    assert bad.exit_code == 2
+    assert "introspection" in bad.output and "401" in bad.output
+    assert "wrong-secret" not in bad.output

@@ -220,3 +220,21 @@ async def test_a_redis_outage_falls_back_to_the_endpoint_with_one_warning(
     assert sum("shared cache failed" in r.getMessage() for r in caplog.records) == 1
     assert requests(st) == 3
     await st.aclose()
+
+
+async def test_an_answer_in_flight_when_the_stage_is_bound_is_not_cached() -> None:
+    with JWKSServer() as srv:
+        srv.set_json("/introspect", {"active": True, "sub": "alice", "aud": "another-api"})
+        srv.delay = 0.3
+        st = stage_at(srv)
+        chain = VerifierChain(st)
+        lookup = asyncio.create_task(chain.evaluate("tok"))
+        await asyncio.sleep(0.1)  # bounded: lets the request start
+        st.bind_resource("https://mcp.example.com/mcp")
+        first = await asyncio.wait_for(lookup, 5)
+        srv.delay = 0.0
+        second = await chain.evaluate("tok")
+        await chain.aclose()
+        assert srv.count("/introspect") == 2, "the answer in flight at the binding was not kept"
+    assert (first.reason, second.reason) == ("wrong_audience", "wrong_audience")  # judged on arrival, bound
+    assert second.trace[0].cache_hit is False
