@@ -18,8 +18,8 @@ import contextlib
 from typing import Any, Literal
 from urllib.parse import quote
 
+from fastapps_auth.backends.discovery import discover_endpoint
 from fastapps_auth.backends.http_json import FetchError, JSONClient
-from fastapps_auth.backends.jwks.source import discover_endpoint
 from fastapps_auth.clock import Clock
 
 #: Longest wait before discovery is tried again after it failed, seconds (it doubles from 1 s).
