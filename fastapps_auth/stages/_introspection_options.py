@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr
 
+from fastapps_auth.component import OnError
 from fastapps_auth.stage import StageOptions
 
 AuthMethod = Literal["client_secret_basic", "client_secret_post"]
@@ -14,6 +15,12 @@ Mode = Literal["authenticate", "check"]
 
 class IntrospectionOptions(StageOptions):
     """Options of the ``introspection`` stage."""
+
+    on_error: OnError = Field(
+        default="deny",
+        description="Only deny (503): failing open would let revoked or unknown tokens through while the "
+        "endpoint is down.",
+    )
 
     issuer_url: str | None = Field(
         default=None,
