@@ -64,9 +64,15 @@ class JSONClient:
         allow_insecure_http: bool = False,
         keepalive: bool = False,
         user_agent: str = "fastapps-auth",
+        max_connections: int | None = None,
+        decoder: json.JSONDecoder | None = None,
     ) -> None:
-        if not timeout > 0 or max_bytes < 1:
-            raise ValueError("timeout and max_bytes must be positive")
+        if not timeout > 0 or max_bytes < 1 or (max_connections is not None and max_connections < 1):
+            raise ValueError("timeout, max_bytes and max_connections must be positive")
+        #: Most connections open at once (more requests wait for one, within ``timeout``); ``None``: no bound.
+        self.max_connections = max_connections
+        #: Parses each body; the default refuses ``NaN``/``Infinity`` (a caller's own should too).
+        self.decoder = decoder or _DECODER
         self.timeout = float(timeout)
         self.max_bytes = max_bytes
         self.allow_insecure_http = allow_insecure_http
@@ -146,7 +152,7 @@ class JSONClient:
         except httpx.HTTPError as exc:
             raise FetchError(f"{url}: unreachable ({type(exc).__name__})") from None
         try:
-            data = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+            data = self.decoder.decode(body.decode("utf-8"))
         except (ValueError, RecursionError):
             raise FetchError(f"{url}: not valid JSON") from None
         return JSONResponse(resp.status_code, data, resp.headers)
@@ -164,7 +170,10 @@ class JSONClient:
             self._client = httpx.AsyncClient(
                 timeout=httpx.Timeout(self.timeout),
                 follow_redirects=False,
-                limits=httpx.Limits(max_keepalive_connections=20 if self.keepalive else 0),
+                limits=httpx.Limits(
+                    max_connections=self.max_connections,
+                    max_keepalive_connections=min(20, self.max_connections or 20) if self.keepalive else 0,
+                ),
                 # A server's cookies are neither kept nor sent back: no state, no jar growing per fetch.
                 cookies=CookieJar(DefaultCookiePolicy(allowed_domains=[])),
                 # Only what _request inflates within max_bytes (httpx would inflate a whole chunk first).
@@ -182,6 +191,9 @@ class JSONClient:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"non-JSON literal {name}")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 class _Inflater(Protocol):

@@ -75,6 +75,11 @@ class IntrospectionOptions(StageOptions):
         "refused (bad_signature, unknown_key, unsupported_algorithm).",
     )
     timeout: float = Field(default=5.0, gt=0, description="Total time limit of one introspection request, seconds.")
+    max_connections: int = Field(
+        default=50,
+        ge=1,
+        description="Most introspection requests in flight at once per process; more wait for one (within timeout).",
+    )
     max_response_bytes: int = Field(default=65536, gt=0, description="Largest introspection response accepted, bytes.")
     max_token_bytes: int = Field(
         default=16384, gt=0, le=65536, description="Longer tokens are rejected without a request."

@@ -7,7 +7,10 @@ flight however many tokens wait for it) and backs off after a failure. Requests 
 ``JSONClient`` (https except loopback, bounded body, one time limit, no redirects), authenticate
 the client with ``client_secret_basic`` or ``client_secret_post``, and send
 ``token_type_hint=access_token``. Anything but HTTP 200 with a JSON object whose ``active`` is a
-boolean is a ``FetchError``: it says nothing about the token.
+boolean is a ``FetchError``: it says nothing about the token. So is an answer that two readers could
+read differently (a member name twice, at any depth: ``{"active": false, "active": true}``) or that
+no encoder can write back (a lone UTF-16 surrogate). At most ``max_connections`` requests are in
+flight at once; a member whose value is the token itself (an endpoint that echoes it) is dropped.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -24,6 +28,38 @@ from fastapps_auth.clock import Clock
 
 #: Longest wait before discovery is tried again after it failed, seconds (it doubles from 1 s).
 MAX_DISCOVERY_BACKOFF = 60.0
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) < len(pairs):
+        raise ValueError("a member name appears twice")
+    return obj
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"non-JSON literal {name}")
+
+
+class _AnswerDecoder(json.JSONDecoder):
+    """JSON as I-JSON (RFC 7493) reads it: no name twice in an object (RFC 8259 §4 leaves that to each
+    reader; an answer about a token must mean one thing), no lone surrogate (no encoder can write it
+    back to a log or a database), no ``NaN``/``Infinity``."""
+
+    def __init__(self) -> None:
+        super().__init__(object_pairs_hook=_unique_members, parse_constant=_no_constant)
+
+    def decode(self, s: str, *args: Any, **kwargs: Any) -> Any:
+        obj = super().decode(s, *args, **kwargs)
+        if "\\ud" in s or "\\uD" in s:  # a surrogate can only come from an escape
+            try:
+                json.dumps(obj, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("a lone UTF-16 surrogate") from None
+        return obj
+
+
+_ANSWER_DECODER = _AnswerDecoder()
 
 
 class IntrospectionClient:
@@ -41,6 +77,7 @@ class IntrospectionClient:
         timeout: float = 5.0,
         max_bytes: int = 65536,
         allow_insecure_http: bool = False,
+        max_connections: int = 50,
     ) -> None:
         if endpoint is None and issuer is None:
             raise ValueError("an introspection client needs the endpoint or an issuer to discover it from")
@@ -49,7 +86,12 @@ class IntrospectionClient:
         self.clock = clock
         self.allow_insecure_http = allow_insecure_http
         self.http = JSONClient(
-            timeout=timeout, max_bytes=max_bytes, allow_insecure_http=allow_insecure_http, keepalive=True
+            timeout=timeout,
+            max_bytes=max_bytes,
+            allow_insecure_http=allow_insecure_http,
+            keepalive=True,
+            max_connections=max_connections,
+            decoder=_ANSWER_DECODER,
         )
         self._form: dict[str, str] = {"token_type_hint": "access_token"}
         self._headers: dict[str, str] = {}
@@ -72,6 +114,8 @@ class IntrospectionClient:
             raise FetchError(f"{url}: the answer is not a JSON object")
         if type(data.get("active")) is not bool:
             raise FetchError(f"{url}: the answer has no boolean 'active'")
+        if token in data.values():
+            data = {k: v for k, v in data.items() if v != token}
         return data
 
     async def discover(self) -> str:
