@@ -66,7 +66,34 @@ BROKEN: list[tuple[str, bytes]] = [
     ("exp a huge integer", b'{"active":true,"sub":"alice","aud":"api","exp":' + b"9" * 40 + b"}"),
     ("nbf a string", b'{"active":true,"sub":"alice","aud":"api","nbf":"now"}'),
     ("cnf a string", b'{"active":true,"sub":"alice","aud":"api","cnf":"jkt"}'),
+    ("cnf.jkt a number", b'{"active":true,"sub":"alice","aud":"api","cnf":{"jkt":5}}'),
+    ("auth_time a boolean", b'{"active":true,"sub":"alice","aud":"api","auth_time":true}'),
+    ("iat NaN-like string", b'{"active":true,"sub":"alice","aud":"api","iat":"NaN"}'),
+    ("sub empty", b'{"active":true,"sub":"","client_id":"app","aud":"api"}'),
 ]
+
+
+@pytest.mark.parametrize("aud", [{"api": True}, [["api"]], 5, ["api", None]], ids=str)
+async def test_a_malformed_aud_is_503_even_when_no_audience_is_checked(srv: JWKSServer, aud: Any) -> None:
+    srv.set_json("/introspect", {**GOOD, "aud": aud})
+    st = stage(srv.url + "/introspect", audience=None)
+    assert (await evaluate(st, "tok")).status == 503
+    await st.aclose()
+
+
+async def test_an_empty_aud_list_is_for_no_one(srv: JWKSServer) -> None:
+    srv.set_json("/introspect", {**GOOD, "aud": []})
+    st = stage(srv.url + "/introspect")
+    assert (await evaluate(st, "tok")).reason == "wrong_audience"
+    await st.aclose()
+
+
+@pytest.mark.parametrize("on_error", ["allow", "local"])
+def test_the_stage_cannot_fail_open(on_error: str) -> None:
+    for mode in ("authenticate", "check"):
+        with pytest.raises(ConfigError) as err:
+            stage("https://as.example/introspect", on_error=on_error, mode=mode)
+        assert err.value.location.key == "on_error"
 
 
 @pytest.mark.parametrize("body", [b for _, b in BROKEN], ids=[n for n, _ in BROKEN])

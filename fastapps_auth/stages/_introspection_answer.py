@@ -103,17 +103,19 @@ class AnswerRules:
         if iss is not None and self.issuer is not None and iss != self.issuer:
             return Answer(until, reason="wrong_issuer", description="the token was issued by another issuer")
         resource = None
+        aud = data.get("aud")
+        if aud is not None and not (type(aud) is str or (type(aud) is list and all(type(a) is str for a in aud))):
+            raise MalformedAnswer("'aud' is not a string or list of strings")  # checked or not: later stages read it
         if self.audience.checks:
-            aud = data.get("aud")
             if aud is None:
                 return Answer(until, reason="missing_claim", description="the token has no audience")
-            if not (type(aud) is str or (type(aud) is list and all(type(a) is str for a in aud))):
-                raise MalformedAnswer("'aud' is not a string or list of strings")
             try:
                 resource = self.audience.match(data)
             except Rejected as r:
                 return Answer(until, reason=r.reason, description=r.description)
         sub = _string(data, "sub")
+        if sub == "":
+            raise MalformedAnswer("'sub' is empty")  # no one's name: not "no subject" either
         client_id = _string(data, "client_id") or sub
         if not client_id:
             return Answer(until, reason="missing_claim", description="the answer names neither client_id nor sub")
