@@ -220,6 +220,47 @@ async def test_a_gzip_bomb_costs_no_more_than_the_size_bound(srv: JWKSServer, ca
     await st.aclose()
 
 
+async def test_an_endless_chunked_body_is_cut_at_the_size_bound() -> None:
+    """No Content-Length, chunks as fast as the socket takes them: the client stops reading at the bound."""
+    sent = 0
+
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal sent
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+        writer.write(b'10\r\n{"active":true,"\r\n')
+        chunk = b"2000\r\n" + b"x" * 0x2000 + b"\r\n"
+        with contextlib.suppress(ConnectionError):
+            for _ in range(10_000):  # 80 MiB at most, should the client never hang up
+                writer.write(chunk)
+                await writer.drain()
+                sent += 1
+        writer.close()
+
+    server = await asyncio.start_server(endless, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    st = stage(f"http://127.0.0.1:{port}/introspect", timeout=5.0)
+    d = await evaluate(st, "tok")
+    assert d.status == 503
+    await st.aclose()
+    server.close()
+    await server.wait_closed()
+    assert sent < 1000, "the client hung up soon after its bound, not at the server's cap"
+
+
+async def test_closing_the_stage_ends_a_lookup_in_flight_at_once(srv: JWKSServer) -> None:
+    srv.hang = True
+    st = stage(srv.url + "/introspect", timeout=30.0)
+    chain = VerifierChain(st)
+    pending = asyncio.ensure_future(chain.evaluate("tok"))
+    assert await until(lambda: srv.count("/introspect") == 1)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await chain.aclose()
+    d = await asyncio.wait_for(pending, 5)
+    assert d.status == 503 and loop.time() - t0 < 5
+
+
 async def test_a_200_with_html_is_503(srv: JWKSServer) -> None:
     srv.set_raw("/introspect", b"<!doctype html><title>Sign in</title>")
     st = stage(srv.url + "/introspect")

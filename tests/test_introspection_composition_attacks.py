@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from fastapps_auth import AnyOf, VerifierChain
+from fastapps_auth import AnyOf, ConfigError, VerifierChain
 from fastapps_auth.dev_issuer import RunningIssuer
 from fastapps_auth.stages.introspection import IntrospectionStage
 from fastapps_auth.testing.issuer import jwt_stage, start_issuer
@@ -191,3 +191,25 @@ async def test_the_shared_entry_holds_neither_the_token_nor_the_secret(
 
 def _digest_hex(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+# -- one chain, two servers ------------------------------------------------------------------------
+
+
+def test_a_chain_bound_to_one_server_cannot_be_rebound_to_another(issuer: RunningIssuer) -> None:
+    """Last-bind-wins would make the first server accept the tokens minted for the second."""
+    chain = VerifierChain(AnyOf(jwt_stage(issuer, audience=None), issuer_stage(issuer, audience=None)))
+    chain.bind_resource("https://a.example/mcp")
+    chain.bind_resource("HTTPS://A.example:443/mcp/")  # the same resource: fine
+    with pytest.raises(ConfigError) as err:
+        chain.bind_resource("https://b.example/mcp")
+    assert err.value.location.key == "resource_url" and "b.example" in str(err.value)
+
+
+async def test_a_stage_with_an_audience_may_serve_several_servers(srv: JWKSServer) -> None:
+    srv.set_json("/introspect", GOOD)
+    st = stage_at(srv.url + "/introspect", audience="api")
+    st.bind_resource("https://a.example/mcp")
+    st.bind_resource("https://b.example/mcp")  # the explicit audience wins, for both
+    assert (await evaluate(st, "tok")).allowed
+    await st.aclose()
