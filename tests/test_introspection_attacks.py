@@ -11,10 +11,13 @@ import contextlib
 import gzip
 import json
 import logging
+import re
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hst
 
 from fastapps_auth import ConfigError, VerifierChain
 from fastapps_auth.stages.introspection import IntrospectionStage
@@ -183,6 +186,31 @@ async def test_rfc_6750_tokens_are_introspected(srv: JWKSServer, token: str) -> 
     st = stage(srv.url + "/introspect")
     assert (await evaluate(st, token)).allowed
     await st.aclose()
+
+
+B64TOKEN_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/"
+
+
+@settings(max_examples=150, deadline=None)
+@given(hst.text(max_size=40) | hst.text(alphabet=B64TOKEN_CHARS + "= ", min_size=1, max_size=40))
+def test_any_string_is_answered_and_only_bearer_tokens_are_sent(token: str) -> None:
+    async def decide() -> tuple[int, str | None, object]:
+        st = stage("http://127.0.0.1:9/introspect", timeout=1.0)  # the discard port: nothing answers
+        chain = VerifierChain(st)
+        d = await chain.evaluate(token)
+        at = await chain.verify_token(token)
+        await chain.aclose()
+        return d.status, d.reason, at
+
+    status, reason, at = asyncio.run(decide())
+    assert at is None
+    bearer = re.fullmatch(r"[A-Za-z0-9\-._~+/]+=*", token) is not None
+    if not token:
+        assert reason == "missing_token"
+    elif bearer:
+        assert status == 503, "sent (and the endpoint is down)"
+    else:
+        assert (status, reason) == (401, "malformed"), "refused without a request"
 
 
 # -- HTTP ---------------------------------------------------------------------------------------------
