@@ -71,8 +71,9 @@ class IntrospectionOptions(StageOptions):
     insecure_backend: bool = Field(default=False, description="Allow redis:// (no TLS) to a host other than loopback.")
     introspect_on_jwt_failure: bool = Field(
         default=False,
-        description="Inside any-of, also introspect a token whose JWT signature an earlier alternative "
-        "refused (bad_signature, unknown_key, unsupported_algorithm).",
+        description="Inside any-of, also introspect a token an earlier jwt alternative refused: for its "
+        "signature (bad_signature, unknown_key, unsupported_algorithm) or its header or claims "
+        "(wrong_audience, expired, wrong_type, ...).",
     )
     timeout: float = Field(default=5.0, gt=0, description="Total time limit of one introspection request, seconds.")
     max_connections: int = Field(
