@@ -1,10 +1,11 @@
 """Parsing and verifying one DPoP proof (RFC 9449 §4.2, §4.3) with joserfc, before any request is compared.
 
 A proof is a compact JWS whose header carries its own public key (``jwk``). What this module checks:
-the shape (three base64url parts, bounded sizes, JSON objects without duplicate members or
-``NaN``), ``typ = dpop+jwt``, an ``alg`` from the configured asymmetric list that fits the key
-(joserfc's ``check_key``: key type, curve, the key's own ``use``/``alg``), a public key only (no
-private member), RSA keys of at least 2048 bits, the signature, and the types of the claims. The
+the shape (three base64url parts, bounded sizes, JSON objects as ``fastapps_auth.strict_json`` reads
+them: no duplicate members, ``NaN`` or lone surrogates), ``typ = dpop+jwt``, an ``alg`` from the
+configured asymmetric list that fits the key (joserfc's ``check_key``: key type, curve, the key's
+own ``use``/``alg``), a public key only (no private member), RSA keys of at least 2048 bits, the
+signature, and the types of the claims. The
 key comes from ``jwk`` alone: ``jku``, ``x5u``, ``x5c`` and ``kid`` are ignored; ``crit`` and
 ``b64`` (RFC 7797) are refused.
 
@@ -18,7 +19,6 @@ one): a tenth of a proof's cost, measured in benchmarks/bench_dpop.py.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Collection
@@ -31,6 +31,8 @@ from joserfc.jwa import JWSAlgModel
 from joserfc.jwk import JWKRegistry, Key
 from joserfc.jws import JWSRegistry
 from joserfc.util import urlsafe_b64decode
+
+from fastapps_auth.strict_json import Malformed, json_object
 
 #: Algorithms a proof may be signed with: asymmetric only (never ``none``, never HS*).
 SUPPORTED_ALGORITHMS = frozenset(
@@ -84,29 +86,12 @@ class _Header:
     jkt: str
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"non-JSON literal {name}")
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        raise ValueError("duplicate member name")
-    return obj
-
-
-_STRICT = json.JSONDecoder(parse_constant=_no_constant, object_pairs_hook=_no_duplicates)
-
-
 def strict_object(raw: bytes) -> dict[str, Any]:
-    """A JSON object from UTF-8 ``raw``, refusing duplicate member names and ``NaN``/``Infinity``."""
+    """A JSON object from UTF-8 ``raw`` by ``fastapps_auth.strict_json`` (no duplicate names, no ``NaN``)."""
     try:
-        obj = _STRICT.decode(raw.decode("utf-8"))
-    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return json_object(raw)
+    except Malformed:
         raise ProofError("dpop_proof_malformed", "the DPoP proof is not a well-formed JWT") from None
-    if type(obj) is not dict:
-        raise ProofError("dpop_proof_malformed", "the DPoP proof is not a well-formed JWT")
-    return obj
 
 
 def _typ_is_dpop(typ: object) -> bool:
