@@ -44,7 +44,8 @@ def test_duplicates_may_be_allowed_and_a_pair_is_not_lone() -> None:
 def test_jwt_and_dpop_use_this_parser() -> None:
     assert _jwt_compact.json_object is json_object
     assert _jwt_compact.Malformed is Malformed
-    assert dpop_proof.json_object is json_object
+    with pytest.raises(dpop_proof.ProofError, match="well-formed"):  # DPoP's refusal of what strict_json refuses
+        dpop_proof.strict_object(rb'{"a":"\ud800"}')
 
 
 @given(st.dictionaries(st.text(max_size=8), st.integers() | st.text(max_size=8), max_size=8))

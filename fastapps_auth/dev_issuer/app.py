@@ -20,7 +20,7 @@ def create_app(issuer: DevIssuer) -> Starlette:
         CORSMiddleware,
         allow_origins=["*"],
         allow_methods=["GET", "POST"],
-        allow_headers=["authorization", "content-type", "mcp-protocol-version"],
+        allow_headers=["authorization", "content-type", "dpop", "mcp-protocol-version"],
     )
     return Starlette(
         routes=[

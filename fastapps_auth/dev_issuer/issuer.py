@@ -12,6 +12,7 @@ from joserfc.errors import JoseError
 
 from fastapps_auth.clock import SYSTEM_CLOCK, Clock
 from fastapps_auth.dev_issuer.clients import AUTH_METHODS, GRANT_TYPES, Client, ClientRegistry, configured_client
+from fastapps_auth.dev_issuer.dpop import TokenRequestProofs
 from fastapps_auth.dev_issuer.keystore import KeyStore
 from fastapps_auth.dev_issuer.registration import MetadataDocuments, is_metadata_url
 from fastapps_auth.dev_issuer.tokens import TokenStore
@@ -75,6 +76,8 @@ class DevIssuer:
             self.registry.add(client)
         self.documents = metadata_documents or MetadataDocuments(clock=clock)
         self.tokens = TokenStore(clock)
+        #: The DPoP proofs of token requests (RFC 9449 §5): checked, remembered, their key's thumbprint.
+        self.dpop = TokenRequestProofs(clock)
 
     def __repr__(self) -> str:
         return f"DevIssuer({self.issuer_url!r}, {len(self.registry.all())} clients, opaque={self.opaque})"
@@ -131,6 +134,7 @@ class DevIssuer:
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": algs,
             "access_token_signing_alg_values_supported": algs,
+            "dpop_signing_alg_values_supported": list(self.dpop.algorithms),
         }
 
     def jwks(self) -> dict[str, Any]:

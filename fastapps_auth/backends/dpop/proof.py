@@ -32,6 +32,7 @@ from joserfc.jwk import JWKRegistry, Key
 from joserfc.jws import JWSRegistry
 from joserfc.util import urlsafe_b64decode
 
+from fastapps_auth.backends.dpop.htu import same_uri
 from fastapps_auth.strict_json import Malformed, json_object
 
 #: Algorithms a proof may be signed with: asymmetric only (never ``none``, never HS*).
@@ -75,6 +76,23 @@ class Proof:
     ath: str | None
     nonce: str | None
     alg: str
+
+    def check_request(self, method: str, url: str, now: float, *, window: float, leeway: float) -> float:
+        """Whether this proof is for ``method`` ``url`` and recent (RFC 9449 §4.3 steps 8 to 11).
+
+        ``window`` is ``max_age + leeway``; ``iat`` may be up to ``leeway`` ahead. Returns how long
+        the ``jti`` must then be remembered (until the proof could no longer be accepted);
+        ``ProofError`` otherwise. Shared by the ``dpop`` stage and the dev issuer's token endpoint.
+        """
+        if self.htm != method:
+            raise ProofError("dpop_proof_wrong_method", "the DPoP proof is for another HTTP method")
+        if not same_uri(self.htu, url):
+            raise ProofError("dpop_proof_wrong_url", "the DPoP proof is for another URL")
+        if self.iat > now + leeway:
+            raise ProofError("dpop_proof_in_future", "the DPoP proof was issued in the future")
+        if now - self.iat > window:
+            raise ProofError("dpop_proof_expired", "the DPoP proof is too old")
+        return max(self.iat + window - now, 0.001)
 
 
 @dataclass(frozen=True, slots=True)
