@@ -18,7 +18,7 @@ from fastapps_auth.dev_issuer import RunningIssuer
 from fastapps_auth.dev_issuer.clients import ClientRegistry, configured_client, redirect_matches
 from fastapps_auth.dev_issuer.registration import check_client_id_url
 from fastapps_auth.testing import BackgroundServer, start_issuer
-from tests.support.dev_oauth import REDIRECT, Flow, redirect_params, register
+from fastapps_auth.testing.flow import REDIRECT, Flow, redirect_params, register
 
 
 @pytest.fixture

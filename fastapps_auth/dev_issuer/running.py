@@ -83,6 +83,11 @@ class RunningIssuer:
         return self._iss.issuer_url
 
     @property
+    def clock(self) -> Clock:
+        """The issuer's clock (a test's ``ManualClock``, or the system's)."""
+        return self._iss.clock
+
+    @property
     def audience(self) -> str | list[str]:
         return self._iss.audience
 
