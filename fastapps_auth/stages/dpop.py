@@ -32,6 +32,7 @@ from pydantic import Field, SecretStr
 from fastapps_auth.backends.dpop.nonce import NonceIssuer
 from fastapps_auth.backends.dpop.proof import DEFAULT_ALGORITHMS, SUPPORTED_ALGORITHMS, ProofError, ProofVerifier
 from fastapps_auth.backends.dpop.replay import ReplayStore, open_replay_store, replay_key
+from fastapps_auth.backends.redis_client import RedisUnusable
 from fastapps_auth.clock import Clock
 from fastapps_auth.component import ComponentOptions
 from fastapps_auth.errors import ConfigError, Rejected
@@ -59,7 +60,10 @@ class DPoPOptions(StageOptions):
     leeway: float = Field(default=30.0, ge=0, le=300, description="Clock skew tolerated on a proof's iat, seconds.")
     replay_cache: str = Field(
         default="memory://",
-        description="Where seen jti live: memory:// (this process) or redis://host:port/db (every worker).",
+        description=(
+            "Where seen jti live: memory:// (this process), or redis://, rediss://, redis+cluster://, "
+            "redis+sentinel:// or unix:// (every worker; the same URLs as rate-limit's backend)."
+        ),
     )
     replay_max_entries: int = Field(
         default=100_000, ge=1, description="memory://: most proofs remembered; beyond it proofs get on_error."
@@ -257,6 +261,8 @@ class DPoPStage(Stage[DPoPOptions]):
     async def probe(self) -> None:
         try:
             await self._ping()
+        except RedisUnusable as exc:  # our own one-line reason: a cluster node behind redis://, a cluster not ok
+            raise RuntimeError(f"replay cache unreachable ({exc})") from None
         except Exception as exc:
             raise RuntimeError(f"replay cache unreachable ({type(exc).__name__})") from None
 
