@@ -207,8 +207,9 @@ class TokenExchange:
             raise DownstreamError(
                 TIMEOUT, f"the authorization server did not answer within {self.timeout:g}s", transient=True
             ) from None
-        except FetchError as exc:
-            raise DownstreamError(UNREACHABLE, str(exc), transient=True) from None
+        except FetchError as exc:  # its message names the URL and what went wrong, never a form value
+            code = UNREACHABLE if "unreachable" in str(exc) else INVALID_RESPONSE  # else: too large, not JSON...
+            raise DownstreamError(code, str(exc), transient=True) from None
         return _answer(response.status, response.data)
 
     async def token_endpoint(self) -> str:
