@@ -119,7 +119,7 @@ def test_client_credentials_and_token_exchange_with_a_proof_are_bound(issuer: Ru
 
 
 def test_opaque_tokens_carry_cnf_in_introspection(clock: ManualClock) -> None:
-    with start_issuer(clock=clock, opaque=True) as issuer:
+    with start_issuer(clock=clock, opaque=True) as issuer:  # started, and entering does not start it twice
         body = Flow.configured(issuer).client_credentials(headers=dpop(issuer)).json()
         assert body["token_type"] == "DPoP" and body["access_token"].count(".") == 0
         assert issuer.introspect(body["access_token"])["cnf"] == {"jkt": JKT}
