@@ -14,8 +14,9 @@ import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import redis.asyncio as aioredis
@@ -28,27 +29,28 @@ from tests.support.redis_servers import RedisClusterServers, SentinelServers, re
 from tests.support.services import REDIS_HOST
 
 pytestmark = pytest.mark.redis
+Servers = TypeVar("Servers", RedisClusterServers, SentinelServers)
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _running(make: Callable[[], Servers]) -> Iterator[Servers]:
+    require_redis_server()
+    servers = make()
+    servers.start()
+    try:
+        yield servers
+    finally:
+        servers.stop()
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[RedisClusterServers]:
-    require_redis_server()
-    servers = RedisClusterServers().start()
-    try:
-        yield servers
-    finally:
-        servers.stop()
+    yield from _running(RedisClusterServers)
 
 
 @pytest.fixture(scope="module")
 def sentinel() -> Iterator[SentinelServers]:
-    require_redis_server()
-    servers = SentinelServers().start()
-    try:
-        yield servers
-    finally:
-        servers.stop()
+    yield from _running(SentinelServers)
 
 
 @pytest.fixture(params=["server", "cluster"])
