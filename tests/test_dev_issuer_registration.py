@@ -191,3 +191,18 @@ def test_a_document_is_fetched_once_per_ttl(issuer: RunningIssuer, documents: tu
     assert "code" in redirect_params(flow.authorize())
     answers["/once.json"] = {"redirect_uris": ["https://changed.example/cb"]}  # cached: not seen yet
     assert "code" in redirect_params(flow.authorize())
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        (b'{"redirect_uris": ["http://127.0.0.1/callback"], "client_name": "a", "client_name": "b"}', "duplicate"),
+        (b'{"redirect_uris": ["http://127.0.0.1/callback"], "x": NaN}', "NaN"),
+        (b'{"redirect_uris": ["http://127.0.0.1/callback"], "client_name": "\\ud800"}', "surrogate"),
+        (b"[]", "not a JSON object"),
+    ],
+)
+def test_registration_bodies_are_read_as_strict_json(issuer: RunningIssuer, raw: bytes, why: str) -> None:
+    response = httpx.post(issuer.registration_endpoint, content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 400 and response.json()["error"] == "invalid_client_metadata"
+    assert why in response.json()["error_description"]
