@@ -135,7 +135,8 @@ def _serve(args: argparse.Namespace) -> int:
     ]
     if args.auto_login:
         lines.append(f"  auto-login {args.auto_login}  (every authorization signs in as this user)")
-    lines.append(f"  tokens     {'opaque (introspection only)' if args.opaque else 'JWT (RFC 9068 at+jwt)'}")
+    kind = "opaque (introspection only)" if args.opaque else "JWT (RFC 9068 at+jwt)"
+    lines.append(f"  tokens     {kind}; DPoP-bound (RFC 9449) when the token request carries a proof")
     print("\n".join(lines))
     sys.stdout.flush()
     with contextlib.suppress(KeyboardInterrupt):
