@@ -99,6 +99,26 @@ async def test_a_cached_token_is_reused_until_shortly_before_it_expires(
     assert claims(issuer, await service.exchange(audience=CALENDAR, subject_token=another_user))["sub"] == "bob"
 
 
+async def test_the_cache_is_bounded(issuer: RunningIssuer, clock: ManualClock) -> None:
+    d = Downstream(
+        token_endpoint=issuer.token_endpoint,
+        client_id=issuer.client.client_id,
+        client_secret=issuer.client.secret,
+        cache_size=2,
+        clock=clock,
+    )
+    subject = issuer.mint("alice", scopes=["read"])
+    try:
+        first = await d.exchange(audience="https://a.example", subject_token=subject)
+        await d.exchange(audience="https://b.example", subject_token=subject)
+        await d.exchange(audience="https://c.example", subject_token=subject)  # the oldest entry goes
+        assert d.stats()["cache_entries"] == 2
+        assert await d.exchange(audience="https://a.example", subject_token=subject) != first
+        assert d.stats()["exchanges"] == 4
+    finally:
+        await d.aclose()
+
+
 async def test_concurrent_exchanges_of_one_key_share_one_request(issuer: RunningIssuer, service: Downstream) -> None:
     subject = issuer.mint("alice", scopes=["read"])
     tokens = await asyncio.gather(*(service.exchange(audience=CALENDAR, subject_token=subject) for _ in range(8)))
