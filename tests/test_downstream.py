@@ -191,6 +191,7 @@ ANSWERS: dict[str, tuple[int, Any]] = {
     "no-token": (200, {"token_type": "Bearer", "expires_in": 60}),
     "busy": (503, {"error": "temporarily_unavailable", "error_description": "try\nlater"}),
     "html": (502, "<html>"),
+    "slow-once": (200, {"access_token": "tok-3", "token_type": "Bearer", "expires_in": 60}),
 }
 
 
@@ -202,6 +203,8 @@ def scripted() -> Iterator[tuple[str, list[str]]]:
     async def answer(request: Request) -> Response:
         form = await request.form()
         seen.append(str(form.get("audience")))
+        if request.path_params["name"] == "slow-once" and len(seen) == 1:
+            await asyncio.sleep(2)  # the first caller is cancelled long before this ends
         status, body = ANSWERS[request.path_params["name"]]
         if isinstance(body, str):
             return Response(body, status, media_type="text/html")
@@ -242,6 +245,29 @@ async def test_answers_no_token_comes_from(scripted: tuple[str, list[str]], cloc
         await html.exchange(audience="a", subject_token="t")
     assert (exc.value.error, exc.value.transient) == ("invalid_response", True)  # not JSON at all
     await html.aclose()
+
+
+async def test_a_waiter_whose_leader_is_cancelled_exchanges_itself(
+    scripted: tuple[str, list[str]], clock: ManualClock
+) -> None:
+    url, seen = scripted
+    d = Downstream(token_endpoint=f"{url}/slow-once", client_id="c", client_secret="s", clock=clock)
+    try:
+        leader = asyncio.create_task(d.exchange(audience="a", subject_token="t"))
+        for _ in range(500):  # until the leader's request has reached the server
+            if seen:
+                break
+            await asyncio.sleep(0.01)
+        waiter = asyncio.create_task(d.exchange(audience="a", subject_token="t"))
+        await asyncio.sleep(0.05)
+        leader.cancel()
+        assert await asyncio.wait_for(waiter, 10) == "tok-3"
+        assert leader.cancelled() and seen == ["a", "a"]
+    finally:
+        await d.aclose()
+    with pytest.raises(DownstreamError) as closed:
+        await d.exchange(audience="a", subject_token="t")
+    assert closed.value.error == "not_configured"
 
 
 async def test_outside_a_request_and_before_configure_the_errors_say_so(issuer: RunningIssuer) -> None:

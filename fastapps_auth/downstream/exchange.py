@@ -28,6 +28,7 @@ from fastapps_auth.clock import SYSTEM_CLOCK, Clock
 from fastapps_auth.downstream.errors import (
     DISCOVERY_FAILED,
     INVALID_RESPONSE,
+    NOT_CONFIGURED,
     TIMEOUT,
     UNREACHABLE,
     DownstreamError,
@@ -126,6 +127,7 @@ class TokenExchange:
         self._inflight: dict[CacheKey, asyncio.Future[str]] = {}
         self.hits = 0
         self.misses = 0
+        self.closed = False
 
     def __repr__(self) -> str:
         where = self._endpoint or self.issuer_url
@@ -140,6 +142,8 @@ class TokenExchange:
         resource: str | None = None,
     ) -> str:
         """An access token for ``audience``/``resource`` with ``scope``, on behalf of ``subject_token``'s subject."""
+        if self.closed:
+            raise DownstreamError(NOT_CONFIGURED, "this token exchange was closed (aclose)")
         scopes = scope_text(scope)
         key: CacheKey = (token_digest(subject_token), audience or "", scopes, resource or "")
         while True:
@@ -246,6 +250,7 @@ class TokenExchange:
         self._cache.clear()
 
     async def aclose(self) -> None:
+        self.closed = True
         self._cache.clear()
         await self._http.aclose()
 
