@@ -204,3 +204,30 @@ async def test_flow_dpop_gets_a_token_the_dpop_stage_accepts(issuer: RunningIssu
         assert (await chain.evaluate(token, request=info("dpop", thief))).reason == "dpop_key_mismatch"
     finally:
         await chain.aclose()
+
+
+def test_with_nonces_a_proof_needs_the_issuers_nonce(clock: ManualClock) -> None:
+    with start_issuer(clock=clock, dpop_nonce=True) as issuer:
+        service = Flow.configured(issuer)
+        first = service.client_credentials(headers=dpop(issuer))
+        refused(first, "use_dpop_nonce")
+        nonce = first.headers["dpop-nonce"]
+        stale = service.client_credentials(headers=dpop(issuer, nonce="x" * 32))
+        refused(stale, "use_dpop_nonce")
+        ok = service.client_credentials(headers=dpop(issuer, nonce=nonce))
+        assert ok.status_code == 200 and ok.json()["token_type"] == "DPoP", ok.text
+        assert ok.headers["dpop-nonce"] == nonce  # the current nonce comes with every answer
+        clock.advance(2 * 300)  # two nonce lifetimes later the old nonce is refused
+        refused(service.client_credentials(headers=dpop(issuer, nonce=nonce)), "use_dpop_nonce")
+        assert service.client_credentials().status_code == 200  # no proof, no nonce needed: a Bearer token
+
+
+def test_flow_retries_once_with_the_nonce_it_was_given(clock: ManualClock) -> None:
+    with start_issuer(clock=clock, dpop_nonce=True) as issuer:
+        key = DPoPKey.generate()
+        flow = Flow(issuer, register(issuer, token_endpoint_auth_method="none"), dpop=key)
+        body = flow.tokens()
+        assert body["token_type"] == "DPoP" and claims(issuer, body["access_token"])["cnf"] == key.cnf
+        assert flow.nonce is not None
+        again = flow.refresh(body["refresh_token"])  # with the nonce it kept from the last answer
+        assert again.status_code == 200, again.text

@@ -21,6 +21,7 @@ def create_app(issuer: DevIssuer) -> Starlette:
         allow_origins=["*"],
         allow_methods=["GET", "POST"],
         allow_headers=["authorization", "content-type", "dpop", "mcp-protocol-version"],
+        expose_headers=["dpop-nonce"],
     )
     return Starlette(
         routes=[

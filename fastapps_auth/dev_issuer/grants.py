@@ -32,13 +32,16 @@ JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
 
 
 class OAuthError(Exception):
-    """An RFC 6749 §5.2 error: code, description, HTTP status."""
+    """An RFC 6749 §5.2 error: code, description, HTTP status (and headers to send with it)."""
 
-    def __init__(self, error: str, description: str, status: int = 400) -> None:
+    def __init__(
+        self, error: str, description: str, status: int = 400, headers: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__(description)
         self.error = error
         self.description = description
         self.status = status
+        self.headers = dict(headers or {})
 
 
 def _required(params: Params, name: str) -> str:

@@ -39,6 +39,7 @@ class DevIssuer:
     Every standard claim can be overridden through ``claims``; a claim set to ``None`` there is
     left out, so tests can build tokens that lack ``exp`` or ``aud``. ``opaque=True`` makes the
     token endpoint issue opaque tokens (random strings, known only to introspection).
+    ``dpop_nonce=True`` makes every DPoP proof at the token endpoint carry a nonce it issued.
     """
 
     def __init__(
@@ -57,6 +58,7 @@ class DevIssuer:
         code_lifetime: float = 60.0,
         refresh_lifetime: float = 86400.0,
         metadata_documents: MetadataDocuments | None = None,
+        dpop_nonce: bool = False,
     ) -> None:
         self.issuer_url = issuer_url.rstrip("/")
         self.keys = keys
@@ -77,7 +79,7 @@ class DevIssuer:
         self.documents = metadata_documents or MetadataDocuments(clock=clock)
         self.tokens = TokenStore(clock)
         #: The DPoP proofs of token requests (RFC 9449 §5): checked, remembered, their key's thumbprint.
-        self.dpop = TokenRequestProofs(clock)
+        self.dpop = TokenRequestProofs(clock, nonce=dpop_nonce)
 
     def __repr__(self) -> str:
         return f"DevIssuer({self.issuer_url!r}, {len(self.registry.all())} clients, opaque={self.opaque})"

@@ -70,6 +70,13 @@ def _ok(response: httpx.Response) -> dict[str, Any]:
     return body
 
 
+def _error(response: httpx.Response) -> str | None:
+    if response.status_code != 400:
+        return None
+    error = response.json().get("error")
+    return error if isinstance(error, str) else None
+
+
 @dataclass
 class Flow:
     """One client (``client``: ``client_id`` and, for a confidential one, ``client_secret``) at ``issuer``."""
@@ -77,6 +84,7 @@ class Flow:
     issuer: RunningIssuer
     client: dict[str, Any]
     dpop: DPoPKey | None = None
+    nonce: str | None = None  # the last DPoP-Nonce the issuer sent
     verifier: str = field(default="", repr=False)
     challenge: str = ""
 
@@ -95,25 +103,37 @@ class Flow:
         return (self.client["client_id"], secret) if secret else None
 
     def proof(self) -> str | None:
-        """A fresh DPoP proof for the token endpoint, by ``dpop`` at the issuer's time (``None`` without a key)."""
+        """A fresh DPoP proof for the token endpoint, by ``dpop`` at the issuer's time (``None`` without a key).
+
+        It carries the last ``DPoP-Nonce`` the issuer sent, if any (``RunningIssuer(dpop_nonce=True)``).
+        """
         if self.dpop is None:
             return None
-        return self.dpop.proof("POST", self.issuer.token_endpoint, iat=self.issuer.clock.time())
+        return self.dpop.proof("POST", self.issuer.token_endpoint, iat=self.issuer.clock.time(), nonce=self.nonce)
 
     def post(self, data: dict[str, Any], *, headers: dict[str, str] | None = None) -> httpx.Response:
-        """A token request: client authentication (Basic, or ``client_id`` for a public client) and a proof."""
+        """A token request: client authentication (Basic, or ``client_id`` for a public client) and a proof.
+
+        Refused ``use_dpop_nonce``, a request with this flow's own proof is sent once more with the
+        nonce the answer gave (RFC 9449 §8), as a DPoP client does.
+        """
         if self.auth is None:
             data.setdefault("client_id", self.client["client_id"])
+        form = {k: v for k, v in data.items() if v is not None}
+        own = self.dpop is not None and not any(k.lower() == "dpop" for k in headers or {})
+        response = self._send(form, headers, own)
+        if own and "dpop-nonce" in response.headers and _error(response) == "use_dpop_nonce":
+            response = self._send(form, headers, own)  # once: the answer carried the nonce to use
+        return response
+
+    def _send(self, form: dict[str, Any], headers: dict[str, str] | None, own_proof: bool) -> httpx.Response:
         sent = dict(headers or {})
-        proof = self.proof()
-        if proof is not None and not any(k.lower() == "dpop" for k in sent):
+        proof = self.proof() if own_proof else None
+        if proof is not None:
             sent["DPoP"] = proof
-        return httpx.post(
-            self.issuer.token_endpoint,
-            data={k: v for k, v in data.items() if v is not None},
-            auth=self.auth,
-            headers=sent,
-        )
+        response = httpx.post(self.issuer.token_endpoint, data=form, auth=self.auth, headers=sent)
+        self.nonce = response.headers.get("dpop-nonce", self.nonce)
+        return response
 
     # -- authorization code ---------------------------------------------------------------------
 
