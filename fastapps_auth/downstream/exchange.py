@@ -2,28 +2,29 @@
 
 ``TokenExchange.exchange(subject_token, audience=..., scope=...)`` posts ``grant_type =
 urn:ietf:params:oauth:grant-type:token-exchange`` with the user's access token as the subject token,
-authenticated as the configured client (``client_secret_basic`` or ``client_secret_post``, as for
-introspection), and returns the issued access token. Answers are cached per (SHA-256 of the subject
-token, audience, scope, resource) in a bounded ``cachetools.TLRUCache`` on the injected clock, each
-until ``early_expiry`` seconds before its ``expires_in`` (at most half its life); an answer without
-``expires_in`` is not cached. Concurrent exchanges of the same key share one request. The HTTP is
-``backends.http_json.JSONClient``'s: https except loopback, no redirects, bounded body and time.
+authenticated as the configured client (``client_secret_basic`` or ``client_secret_post``, by
+``backends.client_auth``, as introspection is), and returns the issued access token.
+
+Answers are cached per (SHA-256 of the subject token, audience, scope, resource) in a bounded
+``cachetools.TLRUCache`` on the injected clock, each until ``early_expiry`` seconds before its
+``expires_in`` (at most half its life); an answer without ``expires_in`` is not cached. Concurrent
+exchanges of the same key share one request. The HTTP is ``backends.http_json.JSONClient``'s:
+https except loopback, no redirects, bounded body and time; discovery is ``backends.discovery``'s.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
 from cachetools import TLRUCache
 
+from fastapps_auth.backends.client_auth import client_authentication
+from fastapps_auth.backends.discovery import discover_endpoint
 from fastapps_auth.backends.http_json import FetchError, JSONClient
-from fastapps_auth.backends.jwks.source import discovery_urls
 from fastapps_auth.clock import SYSTEM_CLOCK, Clock
 from fastapps_auth.downstream.errors import (
     DISCOVERY_FAILED,
@@ -38,7 +39,6 @@ from fastapps_auth.fingerprint import token_digest
 
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
-AUTH_METHODS = ("client_secret_basic", "client_secret_post")
 #: Longest token accepted from the authorization server, and longest error description repeated.
 MAX_TOKEN_CHARS = 16_384
 MAX_DESCRIPTION_CHARS = 300
@@ -76,8 +76,9 @@ def _clean(text: object) -> str:
 class TokenExchange:
     """Exchanges a user's access token for one for another audience, at ``token_endpoint`` (or discovered).
 
-    Give ``issuer_url`` (the token endpoint is found by OIDC discovery, then RFC 8414 metadata, whose
-    ``issuer`` must match) or ``token_endpoint``. ``timeout`` bounds each exchange, discovery included.
+    Give ``issuer_url`` (the token endpoint is found by ``backends.discovery``: OIDC discovery, then
+    RFC 8414 metadata, whose ``issuer`` must equal it exactly) or ``token_endpoint``. ``timeout``
+    bounds each exchange, discovery included.
     """
 
     def __init__(
@@ -99,8 +100,7 @@ class TokenExchange:
             raise ValueError("give issuer_url (discovery) or token_endpoint, not both and not neither")
         if not client_id or not client_secret:
             raise ValueError("client_id and client_secret are required (token exchange authenticates the client)")
-        if auth_method not in AUTH_METHODS:
-            raise ValueError(f"auth_method must be one of {', '.join(AUTH_METHODS)}, not {auth_method!r}")
+        client_authentication(client_id, client_secret, auth_method)  # ValueError for another method
         if not (math.isfinite(timeout) and timeout > 0) or not (math.isfinite(early_expiry) and early_expiry >= 0):
             raise ValueError("timeout must be positive and early_expiry not negative (seconds)")
         if cache_size < 1:
@@ -108,7 +108,7 @@ class TokenExchange:
         for url in (issuer_url, token_endpoint):
             if url is not None:
                 check_url(url, allow_insecure_http=allow_insecure_http)
-        self.issuer_url = issuer_url.rstrip("/") if issuer_url is not None else None
+        self.issuer_url = issuer_url  # the metadata's issuer must equal it exactly (RFC 8414 §3.3)
         self._endpoint = token_endpoint
         self.client_id = client_id
         self._secret = client_secret
@@ -197,12 +197,8 @@ class TokenExchange:
             form["scope"] = scope
         if resource:
             form["resource"] = resource
-        headers: dict[str, str] = {}
-        if self.auth_method == "client_secret_basic":  # RFC 6749 §2.3.1: each part form-urlencoded first
-            pair = f"{quote(self.client_id, safe='')}:{quote(self._secret, safe='')}"
-            headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
-        else:
-            form.update(client_id=self.client_id, client_secret=self._secret)
+        credentials, headers = client_authentication(self.client_id, self._secret, self.auth_method)
+        form.update(credentials)
         try:
             async with asyncio.timeout(self.timeout):
                 endpoint = await self.token_endpoint()
@@ -221,29 +217,13 @@ class TokenExchange:
         if self._endpoint is not None:
             return self._endpoint
         assert self.issuer_url is not None
-        problems = []
-        for url in discovery_urls(self.issuer_url):
-            try:
-                response = await self._http.get(url, accept=_ANY_STATUS)
-            except FetchError as exc:
-                problems.append(str(exc))
-                continue
-            meta = response.data
-            if response.status != 200 or not isinstance(meta, dict):
-                problems.append(f"{url} answered HTTP {response.status}")
-                continue
-            if str(meta.get("issuer", "")).rstrip("/") != self.issuer_url:  # RFC 8414 §3.3
-                raise DownstreamError(DISCOVERY_FAILED, f"{url} names another issuer")
-            endpoint = meta.get("token_endpoint")
-            try:
-                if not isinstance(endpoint, str):
-                    raise ValueError("no token_endpoint")
-                check_url(endpoint, allow_insecure_http=self._http.allow_insecure_http)
-            except ValueError as exc:
-                raise DownstreamError(DISCOVERY_FAILED, f"{url}: {exc}") from None
-            self._endpoint = endpoint
-            return endpoint
-        raise DownstreamError(DISCOVERY_FAILED, "; ".join(problems) or "no metadata", transient=True)
+        try:
+            self._endpoint = await discover_endpoint(
+                self._http, self.issuer_url, "token_endpoint", allow_insecure_http=self._http.allow_insecure_http
+            )
+        except FetchError as exc:
+            raise DownstreamError(DISCOVERY_FAILED, str(exc), transient=True) from None
+        return self._endpoint
 
     def clear(self) -> None:
         """Forget every cached token."""
