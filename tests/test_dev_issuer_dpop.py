@@ -1,4 +1,5 @@
-"""DPoP-bound tokens from the dev issuer (RFC 9449 §5, §10), with proofs made by ``cryptography`` directly.
+"""DPoP-bound tokens from the dev issuer (RFC 9449 §5, §8, §10), with proofs made by ``cryptography`` directly,
+accepted by the dpop stage behind ``jwt`` and behind ``introspection``.
 
 Every proof here comes from ``tests.support.dpop`` (``cryptography`` signatures, RFC 7638 thumbprints by
 hand), not from the code under test; ``Flow(dpop=DPoPKey)`` (joserfc) is tested as the users' helper.
@@ -14,13 +15,14 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import KeySet, KeySetSerialization
 
-from fastapps_auth import ManualClock, RequestInfo
+from fastapps_auth import ManualClock, RequestInfo, VerifierChain
 from fastapps_auth.dev_issuer import RunningIssuer
 from fastapps_auth.stages.dpop import DPoPStage
 from fastapps_auth.testing import issuer_chain, start_issuer
 from fastapps_auth.testing.dpop import DPoPKey
 from fastapps_auth.testing.flow import Flow, register
 from tests.support.dpop import proof, public_jwk, thumbprint
+from tests.support.introspection import stage as introspection_stage
 from tests.support.jwt_mint import SigningKey, hs_token, signing_key
 
 CLIENT = signing_key("ES256", 1)
@@ -231,3 +233,22 @@ def test_flow_retries_once_with_the_nonce_it_was_given(clock: ManualClock) -> No
         assert flow.nonce is not None
         again = flow.refresh(body["refresh_token"])  # with the nonce it kept from the last answer
         assert again.status_code == 200, again.text
+
+
+async def test_a_bound_opaque_token_passes_introspection_then_dpop(clock: ManualClock) -> None:
+    with start_issuer(clock=clock, opaque=True) as issuer:
+        body = Flow.configured(issuer).client_credentials(scope="read", headers=dpop(issuer)).json()
+        token = body["access_token"]
+        chain = VerifierChain(introspection_stage(issuer, clock=clock), DPoPStage(clock=clock), clock=clock)
+        url = "https://mcp.example/mcp"
+
+        def info(*proofs: str) -> RequestInfo:
+            return RequestInfo(method="POST", path="/mcp", url=url, auth_scheme="dpop", dpop_proofs=proofs)
+
+        try:
+            ok = await chain.evaluate(token, request=info(proof(CLIENT, token, iat=clock.time(), htu=url)))
+            assert ok.allowed, ok.reason  # cnf.jkt from the introspection response
+            other = await chain.evaluate(token, request=info(proof(OTHER, token, iat=clock.time(), htu=url)))
+            assert other.reason == "dpop_key_mismatch"
+        finally:
+            await chain.aclose()
