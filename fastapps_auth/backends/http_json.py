@@ -22,6 +22,7 @@ from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import TYPE_CHECKING, Any, Protocol
 
 from fastapps_auth.endpoints import check_url
+from fastapps_auth.strict_json import reject_constant
 
 if TYPE_CHECKING:
     import httpx
@@ -146,7 +147,7 @@ class JSONClient:
         except httpx.HTTPError as exc:
             raise FetchError(f"{url}: unreachable ({type(exc).__name__})") from None
         try:
-            data = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+            data = json.loads(body.decode("utf-8"), parse_constant=reject_constant)
         except (ValueError, RecursionError):
             raise FetchError(f"{url}: not valid JSON") from None
         return JSONResponse(resp.status_code, data, resp.headers)
@@ -178,10 +179,6 @@ class JSONClient:
         client, self._client = self._client, None
         if client is not None and self._client_loop is asyncio.get_running_loop():
             await client.aclose()  # a client of a finished loop cannot be closed from this one: dropped
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"non-JSON literal {name}")
 
 
 class _Inflater(Protocol):

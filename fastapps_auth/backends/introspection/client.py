@@ -13,11 +13,10 @@ boolean is a ``FetchError``: it says nothing about the token.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 from typing import Any, Literal
-from urllib.parse import quote
 
+from fastapps_auth.backends.client_auth import client_authentication
 from fastapps_auth.backends.discovery import discover_endpoint
 from fastapps_auth.backends.http_json import FetchError, JSONClient
 from fastapps_auth.clock import Clock
@@ -51,13 +50,8 @@ class IntrospectionClient:
         self.http = JSONClient(
             timeout=timeout, max_bytes=max_bytes, allow_insecure_http=allow_insecure_http, keepalive=True
         )
-        self._form: dict[str, str] = {"token_type_hint": "access_token"}
-        self._headers: dict[str, str] = {}
-        if auth_method == "client_secret_post":
-            self._form.update(client_id=client_id, client_secret=client_secret)
-        else:  # RFC 6749 §2.3.1: each part form-urlencoded, then base64
-            pair = f"{quote(client_id, safe='')}:{quote(client_secret, safe='')}".encode()
-            self._headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
+        form, self._headers = client_authentication(client_id, client_secret, auth_method)
+        self._form: dict[str, str] = {"token_type_hint": "access_token", **form}
         self.failures = 0
         self.last_error: str | None = None
         self._retry_at = float("-inf")
