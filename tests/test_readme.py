@@ -122,7 +122,9 @@ def test_the_sample_output_is_what_the_demo_prints(page: str, demo_output: str) 
 def test_the_layout_lists_every_package() -> None:
     [layout] = re.findall(r"^```\n(fastapps_auth/.*?)^```", README, flags=re.S | re.M)
     top = {m.group(1) for m in re.finditer(r"^  ([a-z_]+)/", layout, flags=re.M)}
-    packages = sorted(p.parent.relative_to(ROOT / "fastapps_auth") for p in (ROOT / "fastapps_auth").rglob("__init__.py"))
+    packages = sorted(
+        p.parent.relative_to(ROOT / "fastapps_auth") for p in (ROOT / "fastapps_auth").rglob("__init__.py")
+    )
     missing = []
     for package in packages:
         parts = package.parts
