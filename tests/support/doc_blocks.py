@@ -216,6 +216,8 @@ def run_block(block: Block, workdir: Path, env: dict[str, str], written: set[Pat
         cmd = ["bash", "-e", "-o", "pipefail", str(target.relative_to(workdir))]
     status, out = run(cmd, workdir, env)
     expected = int(block.options.get("exit", "0"))
+    if env.get("TOKEN") and env["TOKEN"] in out:
+        return f"{block.where}: `{' '.join(cmd[-2:])}` printed the raw token it was given ($TOKEN)"
     if status == expected:
         return None
     tail = "\n".join(out.splitlines()[-40:])
