@@ -23,15 +23,15 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.security import HTTPBearer
 from mcp.server.auth.provider import AccessToken
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from fastapps_auth.chain import VerifierChain
 from fastapps_auth.decision import Decision
 from fastapps_auth.errors import insufficient_scope
-from fastapps_auth.integrations.asgi.client import client_ip, parse_networks
+from fastapps_auth.integrations.asgi.body import NOT_RPC
 from fastapps_auth.integrations.asgi.context import STATE_KEY, request_decision
-from fastapps_auth.integrations.asgi.middleware import bearer_token, with_required_scopes
-from fastapps_auth.integrations.asgi.responses import Headers, error_response, rate_limit_headers
-from fastapps_auth.request import RequestInfo
+from fastapps_auth.integrations.asgi.middleware import ChainAuthMiddleware, bearer_token, with_required_scopes
+from fastapps_auth.integrations.asgi.responses import Headers, rate_limit_headers
 
 __all__ = ["ChainAuth", "Refused", "install", "refused_handler", "require"]
 
@@ -65,6 +65,10 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(Refused, refused_handler)
 
 
+async def _no_app(scope: Scope, receive: Receive, send: Send) -> None:  # pragma: no cover - never called
+    raise RuntimeError("the dependency's middleware decides; it calls no app")
+
+
 class ChainAuth(HTTPBearer):
     """The dependency: the request's ``AccessToken``, or ``Refused``. Build it once, with ``require``."""
 
@@ -82,9 +86,14 @@ class ChainAuth(HTTPBearer):
         super().__init__(scheme_name=scheme_name, description=description, auto_error=True)
         self.scopes = tuple(scopes)
         self.chain = with_required_scopes(chain, self.scopes) if self.scopes else chain
-        self.resource_metadata_url = resource_metadata_url
-        self.realm = realm
-        self.trusted = parse_networks(trusted_proxies)
+        # The middleware's own decision path and answers, for a request it did not see.
+        self.middleware = ChainAuthMiddleware(
+            _no_app,
+            self.chain,
+            resource_metadata_url=resource_metadata_url,
+            realm=realm,
+            trusted_proxies=trusted_proxies,
+        )
 
     async def __call__(self, request: Request, response: Response) -> AccessToken:  # type: ignore[override]
         token = bearer_token(request.scope)
@@ -92,16 +101,22 @@ class ChainAuth(HTTPBearer):
         if token is not None and held is not None and held.token == token:
             decision = self._route_scopes(held.decision)  # the middleware's decision for this request
         else:
-            info = RequestInfo(
-                method=request.method, path=request.url.path, client_ip=client_ip(request.scope, self.trusted)
-            )
-            decision = await self.chain.evaluate(token or "", request=info)
+            decision = await self._decide(request.scope, token)
             request.scope.setdefault("state", {})[STATE_KEY] = decision
             if decision.allowed and decision.rate_limit is not None:  # the middleware adds them, when it decided
                 response.raw_headers.extend(rate_limit_headers(decision.rate_limit))
         if not decision.allowed or decision.access_token is None:
-            raise Refused(*error_response(decision, resource_metadata=self.resource_metadata_url, realm=self.realm))
+            raise Refused(*self.middleware.on_error(decision))
         return decision.access_token
+
+    async def _decide(self, scope: Scope, token: str | None) -> Decision:
+        """The decision the middleware would make for this request (no body: a route is not an MCP call)."""
+        if token is not None:
+            decision, _ = await self.middleware.decide(token, scope, NOT_RPC)
+            if decision is not None:
+                return decision
+        # No credentials: the chain's missing_token refusal, as the middleware makes it.
+        return await self.chain.evaluate("", request=self.middleware.request_info(scope, NOT_RPC, None))
 
     def _route_scopes(self, decision: Decision) -> Decision:
         """The middleware's decision, or the route's 403 when its token lacks one of the route's scopes."""
