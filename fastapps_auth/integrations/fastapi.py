@@ -70,7 +70,12 @@ async def _no_app(scope: Scope, receive: Receive, send: Send) -> None:  # pragma
 
 
 class ChainAuth(HTTPBearer):
-    """The dependency: the request's ``AccessToken``, or ``Refused``. Build it once, with ``require``."""
+    """The dependency (``require``): the request's ``AccessToken``, or ``Refused``. Build it once, at import.
+
+    ``scopes``: the route's, a last ``scopes`` stage on ``chain`` (built here, once). The other options
+    are the middleware's (``resource_metadata_url``, ``realm``, ``trusted_proxies``) and the OpenAPI
+    scheme's (``scheme_name``, ``description``).
+    """
 
     def __init__(
         self,
@@ -139,28 +144,8 @@ class ChainAuth(HTTPBearer):
         return refused
 
 
-def require(
-    chain: VerifierChain,
-    *,
-    scopes: Sequence[str] = (),
-    resource_metadata_url: str | None = None,
-    realm: str | None = None,
-    trusted_proxies: Sequence[str] = (),
-    scheme_name: str | None = None,
-    description: str | None = None,
-) -> ChainAuth:
-    """``Depends(require(chain, scopes=["read"]))``: the route's ``AccessToken``, verified by ``chain``.
-
-    ``resource_metadata_url`` is named in every 401 (as the middleware does); ``trusted_proxies`` are the
-    CIDRs whose X-Forwarded-For is believed; ``scheme_name`` and ``description`` are the OpenAPI security
-    scheme's (default name: ``ChainAuth``).
-    """
-    return ChainAuth(
-        chain,
-        scopes=scopes,
-        resource_metadata_url=resource_metadata_url,
-        realm=realm,
-        trusted_proxies=trusted_proxies,
-        scheme_name=scheme_name,
-        description=description,
-    )
+#: ``Depends(require(chain, scopes=["read"]))``: the route's ``AccessToken``, verified by ``chain``.
+#: ``resource_metadata_url`` is named in every 401 (as the middleware does); ``trusted_proxies`` are the
+#: CIDRs whose X-Forwarded-For is believed; ``scheme_name`` and ``description`` are the OpenAPI security
+#: scheme's (default name: ``ChainAuth``).
+require = ChainAuth
