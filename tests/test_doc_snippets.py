@@ -92,3 +92,97 @@ def test_the_page_runs_as_written(page: Path, doc_env: dict[str, str], tmp_path:
     """The page's runnable blocks run, in order, in a directory of their own; the others parse."""
     failures = run_page(page, tmp_path, doc_env)
     assert not failures, "\n\n".join(failures)
+
+
+# -- the collector and the runner themselves -----------------------------------------------------------------
+
+PAGE = """\
+# A page
+
+<!-- run -->
+```python
+print("ran")
+```
+
+text between
+
+<!-- fragment -->
+
+```toml
+query = "SELECT 1"
+```
+
+```bash
+echo unmarked
+```
+
+```console
+$ not collected
+```
+
+- a list item:
+
+  <!-- run exit=3 -->
+  ```bash
+  exit 3
+  ```
+
+````markdown
+```python
+inside another fence: not a block of this page
+```
+````
+
+<!-- run file=mod.py -->
+```py
+A = 1
+```
+
+<!-- run file=mod.py -->
+```python
+B = A + 1
+print("B", B)
+```
+
+<!-- run nope=1 -->
+```sh
+true
+```
+"""
+
+
+def test_blocks_are_found_with_their_markers(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text(PAGE)
+    found = [(b.line, b.lang, b.kind, b.options, b.problem) for b in blocks(page)]
+    assert found == [
+        (4, "python", "run", {}, None),
+        (12, "toml", "fragment", {}, None),  # a blank line between marker and fence is allowed
+        (16, "bash", None, {}, None),  # unmarked: test_every_block_is_marked names it
+        (27, "bash", "run", {"exit": "3"}, None),  # indented in a list item
+        (38, "python", "run", {"file": "mod.py"}, None),
+        (43, "python", "run", {"file": "mod.py"}, None),
+        (49, "bash", "run", {"nope": "1"}, "unknown marker option(s) ['nope'] for run"),
+    ]
+    assert blocks(page)[3].code == "exit 3\n"
+
+
+def test_the_runner_runs_in_order_and_reports_each_failure(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text(
+        PAGE.replace("```bash\necho unmarked\n```", "<!-- run -->\n```bash\necho $TOKEN\n```")
+        + '\n<!-- run -->\n```python\nraise SystemExit("boom")\n```\n'
+        + '\n<!-- run -->\n```toml\n[[stages]]\nuse = "rate-limit"\nlimit = 1\nwindow = 1\n```\n'
+        + "\n<!-- fragment -->\n```python\ndef broken(:\n```\n"
+    )
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {**os.environ, **ENVIRONMENT, "AUTH_ISSUER_URL": "https://auth.example.com/", "TOKEN": "the-secret-token"}
+    failures = run_page(page, work, env)
+    assert (work / "mod.py").read_text() == 'A = 1\nB = A + 1\nprint("B", B)\n'  # the second block added to it
+    assert (work / "auth.toml").exists() and (work / "users.db").exists()  # the seeded directory
+    assert [f.split(":", 2)[1] for f in failures] == ["17", "55", "60", "68"], failures
+    assert "printed the raw token it was given" in failures[0]
+    assert "exit status 1, expected 0" in failures[1] and "boom" in failures[1]
+    assert "no stage authenticates the token" in failures[2]
+    assert "does not parse" in failures[3]
