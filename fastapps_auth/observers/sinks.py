@@ -62,7 +62,7 @@ class LoggingSink:
     def emit(self, level: int, event: EventDict) -> None:
         # makeRecord + handle is logger.log minus findCaller's stack walk: the caller is always this line.
         logger = self.logger
-        logger.handle(logger.makeRecord(logger.name, level, __file__, 0, self._render(event), None, None))
+        logger.handle(logger.makeRecord(logger.name, level, __file__, 0, self._render(event), (), None))
 
     def flush(self) -> None:
         """Nothing is buffered here (handlers flush themselves)."""
