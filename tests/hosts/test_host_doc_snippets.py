@@ -1,4 +1,5 @@
-"""The doc blocks marked ``<!-- run venv=hosts -->`` (mcp 2.x, FastMCP 4.x) run as written in this venv.
+"""The doc blocks marked ``<!-- run venv=hosts -->`` or ``venv=both`` run as written in this venv (mcp 2.x,
+FastMCP 4.x).
 
 The main suite runs every other ``<!-- run -->`` block (tests/test_doc_snippets.py) and only parses these.
 """
@@ -12,7 +13,9 @@ import pytest
 
 from tests.support.doc_blocks import ENVIRONMENT, ROOT, blocks, pages, run_page
 
-HOSTS_PAGES = [p for p in pages() if any(b.kind == "run" and b.options.get("venv") == "hosts" for b in blocks(p))]
+HOSTS_PAGES = [
+    p for p in pages() if any(b.kind == "run" and b.options.get("venv") in ("hosts", "both") for b in blocks(p))
+]
 
 
 def test_some_blocks_need_this_venv() -> None:

@@ -6,7 +6,8 @@ A ``python``, ``toml`` or ``bash`` block carries a marker on the last non-blank 
   ``<!-- run file=NAME -->`` also writes it to NAME in the page's directory, where later blocks of the
   page find it (a second block naming the same file is appended, as a reader copying both would);
   ``exit=N`` expects exit status N instead of 0; ``venv=hosts`` runs it in the hosts venv (mcp 2.x,
-  FastMCP 4.x: tests/hosts/test_host_doc_snippets.py) instead of this one, where it is only parsed.
+  FastMCP 4.x: tests/hosts/test_host_doc_snippets.py) instead of this one, where it is only parsed;
+  ``venv=both`` runs it in each.
 - ``<!-- fragment -->``: part of something larger (placeholders, names from the prose); it is only
   parsed (Python, top-level ``await`` allowed; TOML; ``bash -n``).
 
@@ -73,8 +74,8 @@ def _marker(lines: list[str], fence_index: int) -> tuple[str | None, dict[str, s
     unknown = set(options) - OPTIONS[kind]
     if unknown:
         return kind, options, f"unknown marker option(s) {sorted(unknown)} for {kind}"
-    if options.get("venv", "hosts") != "hosts":
-        return kind, options, f"venv={options['venv']!r}: the only other venv is hosts"
+    if options.get("venv", "hosts") not in ("hosts", "both"):
+        return kind, options, f"venv={options['venv']!r}: hosts (mcp 2.x, FastMCP 4.x) or both"
     if "exit" in options and not options["exit"].isdigit():
         return kind, options, f"exit={options['exit']!r} is not an exit status"
     return kind, options, None
@@ -235,7 +236,7 @@ def run_page(page: Path, workdir: Path, env: dict[str, str], *, venv: str | None
     failures: list[str] = []
     written: set[Path] = set()
     for block in blocks(page):
-        if block.kind == "run" and block.options.get("venv") == venv:
+        if block.kind == "run" and block.options.get("venv") in (venv, "both"):
             failure = run_block(block, workdir, env, written, python=sys.executable)
         else:
             problem = check_fragment(block)
