@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint typecheck pytest demo bench docs clean test-hosts
+.PHONY: venv test lint typecheck pytest demo bench docs docs-tables clean test-hosts
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ bench: $(STAMP)
 
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict
+
+# The option tables written into docs/ pages from the plugins' options models (a test fails when one is stale).
+docs-tables: $(STAMP)
+	$(BIN)/python -m fastapps_auth.cli.options_tables --write docs
 
 clean:
 	rm -rf $(VENV) site .pytest_cache .mypy_cache .ruff_cache

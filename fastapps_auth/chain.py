@@ -200,6 +200,15 @@ class VerifierChain(Stage[ChainOptions]):
             started_at=started,
             duration=perf_counter() - t0,
         )
+        self.notify(decision)
+        return decision
+
+    def notify(self, decision: Decision) -> None:
+        """Give ``decision`` to every open observer; one that raises is logged and the decision stands.
+
+        ``evaluate`` calls it for every decision; a host calls it for a decision of its own about a
+        request (a refusal after the chain allowed it), so the observers see that one too.
+        """
         for observer in self.observers:
             if observer.closed:
                 continue
@@ -207,7 +216,6 @@ class VerifierChain(Stage[ChainOptions]):
                 observer(decision)
             except Exception:
                 logger.exception("observer %r failed; the decision stands", observer.name)
-        return decision
 
     async def verify_token(self, token: str) -> AccessToken | None:
         """MCP ``TokenVerifier``: the ``AccessToken`` if allowed, else ``None``. Never raises."""

@@ -14,7 +14,7 @@ from mcp.shared.auth import OAuthMetadata
 from fastapps_auth.clock import ManualClock
 from fastapps_auth.dev_issuer import RunningIssuer
 from fastapps_auth.testing import start_issuer
-from tests.support.dev_oauth import REDIRECT, Flow, redirect_params, register
+from fastapps_auth.testing.flow import REDIRECT, Flow, redirect_params, register
 
 
 @pytest.fixture

@@ -232,7 +232,7 @@ def test_serve_prints_where_everything_is_and_clients_shows_registrations(
 
 
 def test_serve_with_auto_login_users_and_opaque_tokens(tmp_path: Path) -> None:
-    from tests.support.dev_oauth import pkce
+    from fastapps_auth.testing.flow import pkce
 
     proc, lines = _serve(tmp_path, "--auto-login", "bob", "--user", "bob=read", "--user", "eve", "--opaque")
     try:

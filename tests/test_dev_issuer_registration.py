@@ -18,7 +18,7 @@ from fastapps_auth.dev_issuer import RunningIssuer
 from fastapps_auth.dev_issuer.clients import ClientRegistry, configured_client, redirect_matches
 from fastapps_auth.dev_issuer.registration import check_client_id_url
 from fastapps_auth.testing import BackgroundServer, start_issuer
-from tests.support.dev_oauth import REDIRECT, Flow, redirect_params, register
+from fastapps_auth.testing.flow import REDIRECT, Flow, redirect_params, register
 
 
 @pytest.fixture
@@ -191,3 +191,18 @@ def test_a_document_is_fetched_once_per_ttl(issuer: RunningIssuer, documents: tu
     assert "code" in redirect_params(flow.authorize())
     answers["/once.json"] = {"redirect_uris": ["https://changed.example/cb"]}  # cached: not seen yet
     assert "code" in redirect_params(flow.authorize())
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        (b'{"redirect_uris": ["http://127.0.0.1/callback"], "client_name": "a", "client_name": "b"}', "duplicate"),
+        (b'{"redirect_uris": ["http://127.0.0.1/callback"], "x": NaN}', "NaN"),
+        (b'{"redirect_uris": ["http://127.0.0.1/callback"], "client_name": "\\ud800"}', "surrogate"),
+        (b"[]", "not a JSON object"),
+    ],
+)
+def test_registration_bodies_are_read_as_strict_json(issuer: RunningIssuer, raw: bytes, why: str) -> None:
+    response = httpx.post(issuer.registration_endpoint, content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 400 and response.json()["error"] == "invalid_client_metadata"
+    assert why in response.json()["error_description"]

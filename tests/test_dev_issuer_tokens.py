@@ -14,7 +14,7 @@ from joserfc.jwk import KeySet, KeySetSerialization
 from fastapps_auth.clock import ManualClock
 from fastapps_auth.dev_issuer import RunningIssuer
 from fastapps_auth.testing import start_issuer, tamper
-from tests.support.dev_oauth import Flow, register
+from fastapps_auth.testing.flow import Flow, register
 
 EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS = "urn:ietf:params:oauth:token-type:access_token"

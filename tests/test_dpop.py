@@ -257,6 +257,7 @@ async def test_malformed_proofs(s: Setup) -> None:
     h, p, sig = good.split(".")
     duplicate = b64(b'{"typ":"dpop+jwt","typ":"dpop+jwt"}')
     nan = b64(b'{"a":NaN}')
+    lone = b64(rb'{"typ":"dpop+jwt","x":"\ud800"}')  # a lone surrogate (fastapps_auth.strict_json)
     cases = {
         "dpop_proof_malformed": [
             f"{h}.{p}",
@@ -267,6 +268,7 @@ async def test_malformed_proofs(s: Setup) -> None:
             f"{b64(b'[1]')}.{p}.{sig}",
             f"{duplicate}.{p}.{sig}",
             f"{nan}.{p}.{sig}",
+            f"{lone}.{p}.{sig}",
             "é" + good,
         ],
         "dpop_proof_too_large": ["a" * 9000],

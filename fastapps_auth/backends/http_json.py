@@ -16,12 +16,13 @@ from __future__ import annotations
 import asyncio
 import json
 import zlib
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import TYPE_CHECKING, Any, Protocol
 
 from fastapps_auth.endpoints import check_url
+from fastapps_auth.strict_json import reject_constant
 
 if TYPE_CHECKING:
     import httpx
@@ -65,14 +66,15 @@ class JSONClient:
         keepalive: bool = False,
         user_agent: str = "fastapps-auth",
         max_connections: int | None = None,
-        decoder: json.JSONDecoder | None = None,
+        parse: Callable[[bytes], Any] | None = None,
     ) -> None:
         if not timeout > 0 or max_bytes < 1 or (max_connections is not None and max_connections < 1):
             raise ValueError("timeout, max_bytes and max_connections must be positive")
         #: Most connections open at once (more requests wait for one, within ``timeout``); ``None``: no bound.
         self.max_connections = max_connections
-        #: Parses each body; the default refuses ``NaN``/``Infinity`` (a caller's own should too).
-        self.decoder = decoder or _DECODER
+        #: Parses each body (e.g. ``strict_json.json_object``); a ``ValueError`` from it is "not valid JSON".
+        #: ``None``: ``json.loads`` refusing ``NaN``/``Infinity``.
+        self.parse = parse
         self.timeout = float(timeout)
         self.max_bytes = max_bytes
         self.allow_insecure_http = allow_insecure_http
@@ -152,7 +154,10 @@ class JSONClient:
         except httpx.HTTPError as exc:
             raise FetchError(f"{url}: unreachable ({type(exc).__name__})") from None
         try:
-            data = self.decoder.decode(body.decode("utf-8"))
+            if self.parse is not None:
+                data = self.parse(bytes(body))
+            else:
+                data = json.loads(body.decode("utf-8"), parse_constant=reject_constant)
         except (ValueError, RecursionError):
             raise FetchError(f"{url}: not valid JSON") from None
         return JSONResponse(resp.status_code, data, resp.headers)
@@ -187,13 +192,6 @@ class JSONClient:
         client, self._client = self._client, None
         if client is not None and self._client_loop is asyncio.get_running_loop():
             await client.aclose()  # a client of a finished loop cannot be closed from this one: dropped
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"non-JSON literal {name}")
-
-
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 class _Inflater(Protocol):

@@ -20,7 +20,8 @@ def create_app(issuer: DevIssuer) -> Starlette:
         CORSMiddleware,
         allow_origins=["*"],
         allow_methods=["GET", "POST"],
-        allow_headers=["authorization", "content-type", "mcp-protocol-version"],
+        allow_headers=["authorization", "content-type", "dpop", "mcp-protocol-version"],
+        expose_headers=["dpop-nonce"],
     )
     return Starlette(
         routes=[

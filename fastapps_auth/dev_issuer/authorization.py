@@ -53,6 +53,7 @@ class AuthorizationRequest:
     acr_values: tuple[str, ...] = ()
     prompt: str | None = None
     nonce: str | None = None
+    dpop_jkt: str | None = None  # RFC 9449 §10: the code is redeemed only with a proof by this key
 
 
 def s256(verifier: str) -> str:
@@ -140,6 +141,9 @@ async def check_request(issuer: DevIssuer, pairs: Sequence[tuple[str, str]]) -> 
         checked = tuple(check_resource(r) for r in params.all("resource"))
     except ValueError as exc:
         raise refuse("invalid_target", str(exc)) from None
+    dpop_jkt = params.get("dpop_jkt") or None
+    if dpop_jkt is not None and not CHALLENGE.fullmatch(dpop_jkt):
+        raise refuse("invalid_request", "dpop_jkt must be the 43-character base64url SHA-256 thumbprint of a key")
     return AuthorizationRequest(
         client,
         redirect,
@@ -152,6 +156,7 @@ async def check_request(issuer: DevIssuer, pairs: Sequence[tuple[str, str]]) -> 
         acr_values=tuple((params.get("acr_values") or "").split()),
         prompt=params.get("prompt") or None,
         nonce=params.get("nonce") or None,
+        dpop_jkt=dpop_jkt,
     )
 
 
@@ -194,6 +199,7 @@ def approve(issuer: DevIssuer, request: AuthorizationRequest, user: DevUser, acr
         acr,
         int(now),
         request.nonce,
+        jkt=request.dpop_jkt,
     )
     code = secrets.token_urlsafe(32)
     issuer.tokens.put_code(

@@ -119,6 +119,11 @@ def parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     s.add_argument("--auto-login", metavar="NAME", help="sign every authorization in as NAME, without the login page")
     s.add_argument("--opaque", action="store_true", help="issue opaque access tokens (for the introspection stage)")
+    s.add_argument(
+        "--dpop-nonce",
+        action="store_true",
+        help="DPoP proofs at the token endpoint need a nonce it issued (RFC 9449 §8)",
+    )
     s.add_argument("--scopes-supported", metavar="SCOPES", help="the metadata's scopes_supported, space separated")
 
     m = sub.add_parser("mint", help="print a signed at+jwt access token")

@@ -107,6 +107,7 @@ def _serve(args: argparse.Namespace) -> int:
             users=args.user or DEFAULT_USERS,
             auto_login=args.auto_login,
             opaque=args.opaque,
+            dpop_nonce=args.dpop_nonce,
             scopes_supported=scopes,
         )
     except ValueError:
@@ -135,7 +136,9 @@ def _serve(args: argparse.Namespace) -> int:
     ]
     if args.auto_login:
         lines.append(f"  auto-login {args.auto_login}  (every authorization signs in as this user)")
-    lines.append(f"  tokens     {'opaque (introspection only)' if args.opaque else 'JWT (RFC 9068 at+jwt)'}")
+    kind = "opaque (introspection only)" if args.opaque else "JWT (RFC 9068 at+jwt)"
+    nonces = ", proofs need its DPoP-Nonce" if args.dpop_nonce else ""
+    lines.append(f"  tokens     {kind}; DPoP-bound (RFC 9449) when the token request carries a proof{nonces}")
     print("\n".join(lines))
     sys.stdout.flush()
     with contextlib.suppress(KeyboardInterrupt):

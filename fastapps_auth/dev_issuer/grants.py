@@ -1,12 +1,19 @@
 """The token endpoint's grants: authorization code (with PKCE), refresh token (rotated), client
-credentials, and token exchange (RFC 8693). HTTP-free: each takes the authenticated client and the
-request parameters, and returns the JSON body of the answer or raises ``OAuthError``."""
+credentials, and token exchange (RFC 8693). HTTP-free: each takes the authenticated client, the
+request parameters and the thumbprint of the request's checked DPoP proof key (``jkt``, ``None``
+without a proof), and returns the JSON body of the answer or raises ``OAuthError``.
+
+With a ``jkt`` the access token is DPoP-bound (``cnf.jkt``, ``token_type: DPoP``), and so is a
+refresh token issued to a public client (RFC 9449 §5: a confidential client's refresh tokens are
+already bound to its credentials); a bound refresh token is refused without a proof by its key.
+"""
 
 from __future__ import annotations
 
 import hmac
 import secrets
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from fastapps_auth.dev_issuer.authorization import VERIFIER, Params, check_resource, s256
@@ -25,13 +32,16 @@ JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
 
 
 class OAuthError(Exception):
-    """An RFC 6749 §5.2 error: code, description, HTTP status."""
+    """An RFC 6749 §5.2 error: code, description, HTTP status (and headers to send with it)."""
 
-    def __init__(self, error: str, description: str, status: int = 400) -> None:
+    def __init__(
+        self, error: str, description: str, status: int = 400, headers: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__(description)
         self.error = error
         self.description = description
         self.status = status
+        self.headers = dict(headers or {})
 
 
 def _required(params: Params, name: str) -> str:
@@ -81,8 +91,20 @@ def _login_claims(login: Login) -> dict[str, Any]:
     return {"acr": login.acr, "auth_time": login.auth_time}
 
 
+def _cnf(jkt: str | None) -> dict[str, str] | None:
+    """The RFC 7800 confirmation claim of a DPoP-bound token (RFC 9449 §6)."""
+    return {"jkt": jkt} if jkt is not None else None
+
+
 def _for_login(
-    issuer: DevIssuer, client: Client, login: Login, scopes: Sequence[str], targets: Sequence[str], *, id_token: bool
+    issuer: DevIssuer,
+    client: Client,
+    login: Login,
+    scopes: Sequence[str],
+    targets: Sequence[str],
+    *,
+    id_token: bool,
+    jkt: str | None,
 ) -> dict[str, Any]:
     """Access token, rotated refresh token and (for ``openid``) ID token for an authorization."""
     issued = issuer.issue(
@@ -92,12 +114,13 @@ def _for_login(
         client_id=client.client_id,
         claims=_login_claims(login),
         family=login.family,
-        confirmation=None,  # DPoP (RFC 9449): the proof's {"jkt": thumbprint} binds the token here
+        confirmation=_cnf(jkt),
     )
     body = _body(issued, scopes)
     if REFRESH_TOKEN in client.grant_types:
         refresh = secrets.token_urlsafe(32)
-        issuer.tokens.put_refresh(refresh, login, issuer.clock.time() + issuer.refresh_lifetime)
+        bound = replace(login, jkt=jkt if client.public else None)
+        issuer.tokens.put_refresh(refresh, bound, issuer.clock.time() + issuer.refresh_lifetime)
         body["refresh_token"] = refresh
     if id_token and "openid" in scopes:
         now = int(issuer.clock.time())
@@ -113,7 +136,7 @@ def _for_login(
     return body
 
 
-def authorization_code(issuer: DevIssuer, client: Client, params: Params) -> dict[str, Any]:
+def authorization_code(issuer: DevIssuer, client: Client, params: Params, jkt: str | None) -> dict[str, Any]:
     """RFC 6749 §4.1.3 with PKCE (RFC 7636 §4.6): the code once, for its client, redirect URI and verifier."""
     pending = issuer.tokens.take_code(_required(params, "code"))
     if pending is None:
@@ -128,10 +151,13 @@ def authorization_code(issuer: DevIssuer, client: Client, params: Params) -> dic
         raise OAuthError("invalid_grant", "code_verifier is missing or malformed (43 to 128 characters)")
     if not hmac.compare_digest(s256(verifier), pending.code_challenge):
         raise OAuthError("invalid_grant", "code_verifier does not match the code_challenge")
-    return _for_login(issuer, client, login, login.scopes, _resources(params, login.resources), id_token=True)
+    if login.jkt is not None and jkt != login.jkt:  # dpop_jkt of the authorization request (RFC 9449 §10)
+        raise OAuthError("invalid_dpop_proof", "the code is bound to another DPoP key (dpop_jkt)")
+    targets = _resources(params, login.resources)
+    return _for_login(issuer, client, login, login.scopes, targets, id_token=True, jkt=jkt)
 
 
-def refresh_token(issuer: DevIssuer, client: Client, params: Params) -> dict[str, Any]:
+def refresh_token(issuer: DevIssuer, client: Client, params: Params, jkt: str | None) -> dict[str, Any]:
     """RFC 6749 §6 with rotation: each refresh token works once, and a reused one revokes its family."""
     token = _required(params, "refresh_token")
     spent = OAuthError("invalid_grant", "the refresh token is unknown, expired, revoked or already used")
@@ -145,13 +171,19 @@ def refresh_token(issuer: DevIssuer, client: Client, params: Params) -> dict[str
     if scopes is not None and set(scopes) - set(record.login.scopes):
         raise OAuthError("invalid_scope", "a refresh cannot add scopes to the authorization")
     targets = _resources(params, record.login.resources)
+    bound = record.login.jkt
+    if bound is not None and jkt is None:  # checked before the token is spent, as above
+        raise OAuthError("invalid_dpop_proof", "the refresh token is DPoP-bound: send a DPoP proof signed by its key")
+    if bound is not None and jkt != bound:
+        raise OAuthError("invalid_grant", "the refresh token is bound to another DPoP key")
     login = issuer.tokens.use_refresh(token)
     if login is None:
         raise spent
-    return _for_login(issuer, client, login, login.scopes if scopes is None else scopes, targets, id_token=False)
+    granted = login.scopes if scopes is None else scopes
+    return _for_login(issuer, client, login, granted, targets, id_token=False, jkt=jkt)
 
 
-def client_credentials(issuer: DevIssuer, client: Client, params: Params) -> dict[str, Any]:
+def client_credentials(issuer: DevIssuer, client: Client, params: Params, jkt: str | None) -> dict[str, Any]:
     """RFC 6749 §4.4: a token for the client itself; ``resource`` or ``audience`` set its ``aud``."""
     scopes = _scopes(params) or []
     extra = client.allows_scopes(scopes)
@@ -159,13 +191,20 @@ def client_credentials(issuer: DevIssuer, client: Client, params: Params) -> dic
         raise OAuthError("invalid_scope", f"scope not allowed for this client: {' '.join(extra)}")
     targets = _resources(params) + tuple(params.all("audience"))
     issued = issuer.issue(
-        client.client_id, scopes=scopes, audience=_audience(issuer, targets), client_id=client.client_id
+        client.client_id,
+        scopes=scopes,
+        audience=_audience(issuer, targets),
+        client_id=client.client_id,
+        confirmation=_cnf(jkt),
     )
     return _body(issued, scopes)
 
 
-def token_exchange(issuer: DevIssuer, client: Client, params: Params) -> dict[str, Any]:
-    """RFC 8693: a token for another audience, on behalf of the subject of an access token of this issuer."""
+def token_exchange(issuer: DevIssuer, client: Client, params: Params, jkt: str | None) -> dict[str, Any]:
+    """RFC 8693: a token for another audience, on behalf of the subject of an access token of this issuer.
+
+    With a proof the new token is bound to the requesting client's key, not the subject token's.
+    """
     subject_token = _required(params, "subject_token")
     if _required(params, "subject_token_type") not in (ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE):
         raise OAuthError("invalid_request", f"subject_token_type must be {ACCESS_TOKEN_TYPE}")
@@ -198,11 +237,12 @@ def token_exchange(issuer: DevIssuer, client: Client, params: Params) -> dict[st
         client_id=client.client_id,
         lifetime=lifetime,
         claims=claims,
+        confirmation=_cnf(jkt),
     )
     return {**_body(issued, scopes), "issued_token_type": ACCESS_TOKEN_TYPE}
 
 
-Grant = Callable[[DevIssuer, Client, Params], dict[str, Any]]
+Grant = Callable[[DevIssuer, Client, Params, str | None], dict[str, Any]]
 GRANTS: Mapping[str, tuple[Grant, bool]] = {
     # grant type -> (handler, whether a public client may use it)
     AUTHORIZATION_CODE: (authorization_code, True),
@@ -212,8 +252,8 @@ GRANTS: Mapping[str, tuple[Grant, bool]] = {
 }
 
 
-def grant(issuer: DevIssuer, client: Client, params: Params) -> dict[str, Any]:
-    """Run the grant ``params["grant_type"]`` names for ``client``."""
+def grant(issuer: DevIssuer, client: Client, params: Params, jkt: str | None = None) -> dict[str, Any]:
+    """Run the grant ``params["grant_type"]`` names for ``client``; ``jkt``: the DPoP key to bind tokens to."""
     grant_type = params.get("grant_type") or ""
     if grant_type not in GRANTS:
         raise OAuthError("unsupported_grant_type", f"grant_type must be one of: {', '.join(GRANTS)}")
@@ -221,6 +261,6 @@ def grant(issuer: DevIssuer, client: Client, params: Params) -> dict[str, Any]:
     if grant_type not in client.grant_types or (client.public and not public_ok):
         raise OAuthError("unauthorized_client", f"this client may not use the {grant_type} grant")
     try:
-        return handler(issuer, client, params)
+        return handler(issuer, client, params, jkt)
     except StoreFull as exc:
         raise OAuthError("temporarily_unavailable", str(exc), 503) from None

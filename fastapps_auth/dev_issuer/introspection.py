@@ -36,6 +36,8 @@ def _refresh(issuer: DevIssuer, token: str) -> dict[str, Any] | None:
     }
     if login.scopes:
         body["scope"] = " ".join(login.scopes)
+    if login.jkt is not None:
+        body["cnf"] = {"jkt": login.jkt}  # a public client's refresh token is DPoP-bound (RFC 9449 §5)
     return body
 
 

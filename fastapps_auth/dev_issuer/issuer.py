@@ -12,6 +12,7 @@ from joserfc.errors import JoseError
 
 from fastapps_auth.clock import SYSTEM_CLOCK, Clock
 from fastapps_auth.dev_issuer.clients import AUTH_METHODS, GRANT_TYPES, Client, ClientRegistry, configured_client
+from fastapps_auth.dev_issuer.dpop import TokenRequestProofs
 from fastapps_auth.dev_issuer.keystore import KeyStore
 from fastapps_auth.dev_issuer.registration import MetadataDocuments, is_metadata_url
 from fastapps_auth.dev_issuer.tokens import TokenStore
@@ -38,6 +39,7 @@ class DevIssuer:
     Every standard claim can be overridden through ``claims``; a claim set to ``None`` there is
     left out, so tests can build tokens that lack ``exp`` or ``aud``. ``opaque=True`` makes the
     token endpoint issue opaque tokens (random strings, known only to introspection).
+    ``dpop_nonce=True`` makes every DPoP proof at the token endpoint carry a nonce it issued.
     """
 
     def __init__(
@@ -56,6 +58,7 @@ class DevIssuer:
         code_lifetime: float = 60.0,
         refresh_lifetime: float = 86400.0,
         metadata_documents: MetadataDocuments | None = None,
+        dpop_nonce: bool = False,
     ) -> None:
         self.issuer_url = issuer_url.rstrip("/")
         self.keys = keys
@@ -75,6 +78,8 @@ class DevIssuer:
             self.registry.add(client)
         self.documents = metadata_documents or MetadataDocuments(clock=clock)
         self.tokens = TokenStore(clock)
+        #: The DPoP proofs of token requests (RFC 9449 §5): checked, remembered, their key's thumbprint.
+        self.dpop = TokenRequestProofs(clock, nonce=dpop_nonce)
 
     def __repr__(self) -> str:
         return f"DevIssuer({self.issuer_url!r}, {len(self.registry.all())} clients, opaque={self.opaque})"
@@ -131,6 +136,7 @@ class DevIssuer:
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": algs,
             "access_token_signing_alg_values_supported": algs,
+            "dpop_signing_alg_values_supported": list(self.dpop.algorithms),
         }
 
     def jwks(self) -> dict[str, Any]:

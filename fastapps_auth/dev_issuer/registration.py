@@ -9,7 +9,6 @@ once per ``ttl`` with a timeout and a size bound, and validates it like a regist
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 import ssl
 import threading
@@ -30,6 +29,7 @@ from fastapps_auth.dev_issuer.clients import (
     check_redirect_uri,
 )
 from fastapps_auth.endpoints import check_url
+from fastapps_auth.strict_json import Malformed, json_object
 
 MAX_REDIRECT_URIS = 10
 MAX_FIELD = 1000
@@ -206,6 +206,7 @@ class MetadataDocuments:
                 "invalid_client", f"cannot fetch the client metadata document ({type(exc).__name__})"
             ) from None
         try:
-            return json.loads(body)
-        except ValueError:
-            raise RegistrationError("invalid_client_metadata", "the client metadata document is not JSON") from None
+            return json_object(bytes(body))
+        except Malformed as exc:
+            problem = f"the client metadata document is not JSON ({exc})"
+            raise RegistrationError("invalid_client_metadata", problem) from None

@@ -24,7 +24,7 @@ class RunningIssuer:
 
     Keys live in ``folder`` (kept across runs) or in memory when ``folder`` is None.
     A client ``dev-client`` with a random secret is configured for the token endpoint.
-    ``users``, ``auto_login``, ``opaque`` and ``scopes_supported`` are ``DevIssuer``'s;
+    ``users``, ``auto_login``, ``opaque``, ``scopes_supported`` and ``dpop_nonce`` are ``DevIssuer``'s;
     ``metadata_verify`` is the TLS trust for fetching client ID metadata documents.
     """
 
@@ -46,6 +46,7 @@ class RunningIssuer:
         opaque: bool = False,
         scopes_supported: Iterable[str] = DEFAULT_SCOPES,
         metadata_verify: ssl.SSLContext | bool = True,
+        dpop_nonce: bool = False,
     ) -> None:
         self.keys = KeyStore(folder, algorithms=algorithms, clock=clock, seed=seed)
         self.issuer: DevIssuer | None = None
@@ -63,6 +64,7 @@ class RunningIssuer:
                 opaque=opaque,
                 scopes_supported=scopes_supported,
                 metadata_documents=MetadataDocuments(clock=now, verify=metadata_verify),
+                dpop_nonce=dpop_nonce,
             )
             return create_app(self.issuer)
 
@@ -81,6 +83,11 @@ class RunningIssuer:
     def url(self) -> str:
         """The issuer URL (``iss``), e.g. ``http://127.0.0.1:54321``."""
         return self._iss.issuer_url
+
+    @property
+    def clock(self) -> Clock:
+        """The issuer's clock (a test's ``ManualClock``, or the system's)."""
+        return self._iss.clock
 
     @property
     def audience(self) -> str | list[str]:

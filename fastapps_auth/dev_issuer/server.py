@@ -106,7 +106,9 @@ class BackgroundServer:
             self._error = exc
 
     def start(self) -> BackgroundServer:
-        """Start serving; returns once uvicorn accepts connections."""
+        """Start serving; returns once uvicorn accepts connections (at once if it already does)."""
+        if self._thread is not None and self._thread.is_alive():
+            return self  # a second thread would serve the same socket with the same server object
         self._thread = threading.Thread(target=self._run, name=f"uvicorn:{self.port}", daemon=True)
         self._thread.start()
         done = threading.Event()

@@ -38,6 +38,7 @@ class Login:
     auth_time: int | None = None
     nonce: str | None = None
     family: str = field(default_factory=lambda: secrets.token_urlsafe(12))
+    jkt: str | None = None  # the DPoP key its code or refresh tokens are bound to (RFC 9449 §5, §10)
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,10 +29,10 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, SecretStr
 
-from fastapps_auth.backends.dpop.htu import same_uri
 from fastapps_auth.backends.dpop.nonce import NonceIssuer
 from fastapps_auth.backends.dpop.proof import DEFAULT_ALGORITHMS, SUPPORTED_ALGORITHMS, ProofError, ProofVerifier
 from fastapps_auth.backends.dpop.replay import ReplayStore, open_replay_store, replay_key
+from fastapps_auth.backends.redis_client import RedisUnusable
 from fastapps_auth.clock import Clock
 from fastapps_auth.component import ComponentOptions
 from fastapps_auth.errors import ConfigError, Rejected
@@ -60,7 +60,10 @@ class DPoPOptions(StageOptions):
     leeway: float = Field(default=30.0, ge=0, le=300, description="Clock skew tolerated on a proof's iat, seconds.")
     replay_cache: str = Field(
         default="memory://",
-        description="Where seen jti live: memory:// (this process) or redis://host:port/db (every worker).",
+        description=(
+            "Where seen jti live: memory:// (this process), or redis://, rediss://, redis+cluster://, "
+            "redis+sentinel:// or unix:// (every worker; the same URLs as rate-limit's backend)."
+        ),
     )
     replay_max_entries: int = Field(
         default=100_000, ge=1, description="memory://: most proofs remembered; beyond it proofs get on_error."
@@ -207,19 +210,13 @@ class DPoPStage(Stage[DPoPOptions]):
             raise _invalid_proof("dpop_proof_multiple", "the request carries more than one DPoP proof")
         if req is None or not req.method or not req.url:
             raise self._unverifiable()
+        now = v.now
         try:
             proof = self._verifier.verify(proofs[0])
+            # Remembered for as long as this proof could still be accepted: until iat + max_age + leeway.
+            ttl = proof.check_request(req.method, req.url, now, window=self._window, leeway=self._leeway)
         except ProofError as exc:
             raise _invalid_proof(exc.reason, exc.description) from None
-        if proof.htm != req.method:
-            raise _invalid_proof("dpop_proof_wrong_method", "the DPoP proof is for another HTTP method")
-        if not same_uri(proof.htu, req.url):
-            raise _invalid_proof("dpop_proof_wrong_url", "the DPoP proof is for another URL")
-        now = v.now
-        if proof.iat > now + self._leeway:
-            raise _invalid_proof("dpop_proof_in_future", "the DPoP proof was issued in the future")
-        if now - proof.iat > self._window:
-            raise _invalid_proof("dpop_proof_expired", "the DPoP proof is too old")
         if proof.ath is None:
             raise _invalid_proof("dpop_proof_missing_claim", "the DPoP proof has no ath claim")
         if proof.ath != token_hash(v.digest):
@@ -231,8 +228,6 @@ class DPoPStage(Stage[DPoPOptions]):
                 raise Rejected("dpop_nonce_required", "the DPoP proof needs the server's nonce", error="use_dpop_nonce")
             if not self._nonces.accepts(proof.nonce, now):
                 raise Rejected("dpop_nonce_invalid", "the DPoP proof's nonce is not current", error="use_dpop_nonce")
-        # Remembered for as long as this proof could still be accepted: until iat + max_age + leeway.
-        ttl = max(proof.iat + self._window - now, 0.001)
         if not await self._store.first_use(replay_key(jkt, proof.jti), ttl):
             raise _invalid_proof("dpop_proof_replayed", "the DPoP proof was already used")
 
@@ -266,6 +261,8 @@ class DPoPStage(Stage[DPoPOptions]):
     async def probe(self) -> None:
         try:
             await self._ping()
+        except RedisUnusable as exc:  # our own one-line reason: a cluster node behind redis://, a cluster not ok
+            raise RuntimeError(f"replay cache unreachable ({exc})") from None
         except Exception as exc:
             raise RuntimeError(f"replay cache unreachable ({type(exc).__name__})") from None
 

@@ -1,5 +1,6 @@
 """Test helpers for users of fastapps-auth: a dev issuer, token minting, a chain trusting it, DPoP proofs,
-and signing in to a protected server as a real MCP client does (``oauth_client``, ``HeadlessLogin``).
+the OAuth flows by hand (``Flow``, DPoP-bound with ``dpop=``), and signing in to a protected server
+as a real MCP client does (``oauth_client``, ``HeadlessLogin``).
 
 The pytest fixtures (``dev_issuer``, ``mint``, ``expired_token``, ``not_yet_valid_token``,
 ``rotate_keys``, ``auth_chain``) come from ``fastapps_auth.testing.plugin``, loaded
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
     from fastapps_auth.dev_issuer import DevIssuer, RunningIssuer
     from fastapps_auth.dev_issuer.server import BackgroundServer
     from fastapps_auth.testing.dpop import DPoPKey
+    from fastapps_auth.testing.flow import Flow
     from fastapps_auth.testing.issuer import (
         TEST_AUDIENCE,
         Minter,
@@ -30,6 +32,7 @@ __all__ = [
     "BackgroundServer",
     "DPoPKey",
     "DevIssuer",
+    "Flow",
     "HeadlessLogin",
     "LoginError",
     "MemoryStorage",
@@ -51,6 +54,7 @@ _WHERE = {
     "MemoryStorage": "fastapps_auth.testing.oauth",
     "oauth_client": "fastapps_auth.testing.oauth",
     "DPoPKey": "fastapps_auth.testing.dpop",
+    "Flow": "fastapps_auth.testing.flow",
 }
 
 

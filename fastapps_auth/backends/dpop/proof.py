@@ -1,10 +1,11 @@
 """Parsing and verifying one DPoP proof (RFC 9449 §4.2, §4.3) with joserfc, before any request is compared.
 
 A proof is a compact JWS whose header carries its own public key (``jwk``). What this module checks:
-the shape (three base64url parts, bounded sizes, JSON objects without duplicate members or
-``NaN``), ``typ = dpop+jwt``, an ``alg`` from the configured asymmetric list that fits the key
-(joserfc's ``check_key``: key type, curve, the key's own ``use``/``alg``), a public key only (no
-private member), RSA keys of at least 2048 bits, the signature, and the types of the claims. The
+the shape (three base64url parts, bounded sizes, JSON objects as ``fastapps_auth.strict_json`` reads
+them: no duplicate members, ``NaN`` or lone surrogates), ``typ = dpop+jwt``, an ``alg`` from the
+configured asymmetric list that fits the key (joserfc's ``check_key``: key type, curve, the key's
+own ``use``/``alg``), a public key only (no private member), RSA keys of at least 2048 bits, the
+signature, and the types of the claims. The
 key comes from ``jwk`` alone: ``jku``, ``x5u``, ``x5c`` and ``kid`` are ignored; ``crit`` and
 ``b64`` (RFC 7797) are refused.
 
@@ -18,7 +19,6 @@ one): a tenth of a proof's cost, measured in benchmarks/bench_dpop.py.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Collection
@@ -31,6 +31,9 @@ from joserfc.jwa import JWSAlgModel
 from joserfc.jwk import JWKRegistry, Key
 from joserfc.jws import JWSRegistry
 from joserfc.util import urlsafe_b64decode
+
+from fastapps_auth.backends.dpop.htu import same_uri
+from fastapps_auth.strict_json import Malformed, json_object
 
 #: Algorithms a proof may be signed with: asymmetric only (never ``none``, never HS*).
 SUPPORTED_ALGORITHMS = frozenset(
@@ -74,6 +77,23 @@ class Proof:
     nonce: str | None
     alg: str
 
+    def check_request(self, method: str, url: str, now: float, *, window: float, leeway: float) -> float:
+        """Whether this proof is for ``method`` ``url`` and recent (RFC 9449 §4.3 steps 8 to 11).
+
+        ``window`` is ``max_age + leeway``; ``iat`` may be up to ``leeway`` ahead. Returns how long
+        the ``jti`` must then be remembered (until the proof could no longer be accepted);
+        ``ProofError`` otherwise. Shared by the ``dpop`` stage and the dev issuer's token endpoint.
+        """
+        if self.htm != method:
+            raise ProofError("dpop_proof_wrong_method", "the DPoP proof is for another HTTP method")
+        if not same_uri(self.htu, url):
+            raise ProofError("dpop_proof_wrong_url", "the DPoP proof is for another URL")
+        if self.iat > now + leeway:
+            raise ProofError("dpop_proof_in_future", "the DPoP proof was issued in the future")
+        if now - self.iat > window:
+            raise ProofError("dpop_proof_expired", "the DPoP proof is too old")
+        return max(self.iat + window - now, 0.001)
+
 
 @dataclass(frozen=True, slots=True)
 class _Header:
@@ -84,29 +104,12 @@ class _Header:
     jkt: str
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"non-JSON literal {name}")
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        raise ValueError("duplicate member name")
-    return obj
-
-
-_STRICT = json.JSONDecoder(parse_constant=_no_constant, object_pairs_hook=_no_duplicates)
-
-
 def strict_object(raw: bytes) -> dict[str, Any]:
-    """A JSON object from UTF-8 ``raw``, refusing duplicate member names and ``NaN``/``Infinity``."""
+    """A JSON object from UTF-8 ``raw`` by ``fastapps_auth.strict_json`` (no duplicate names, no ``NaN``)."""
     try:
-        obj = _STRICT.decode(raw.decode("utf-8"))
-    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return json_object(raw)
+    except Malformed:
         raise ProofError("dpop_proof_malformed", "the DPoP proof is not a well-formed JWT") from None
-    if type(obj) is not dict:
-        raise ProofError("dpop_proof_malformed", "the DPoP proof is not a well-formed JWT")
-    return obj
 
 
 def _typ_is_dpop(typ: object) -> bool:

@@ -2,8 +2,10 @@
 
 Entries are a digest of (key thumbprint, ``jti``), never the proof, and each lives only as long as
 its proof could be accepted (``ttl``). ``memory://`` is this process's (a bounded ``cachetools``
-TLRU cache); ``redis://``, ``rediss://`` and ``unix://`` share one cache between every worker and
-machine with one ``SET key 1 NX PX ttl`` per proof, through redis-py's bounded blocking pool.
+TLRU cache). Every URL of ``fastapps_auth.backends.redis_client`` (``redis://``, ``rediss://``,
+``redis+cluster://``, ``redis+sentinel://``, ``unix://``, the same as the rate limiter's) shares one
+cache between every worker and machine with one ``SET key 1 NX PX ttl`` per proof, through the
+client ``redis_client.make_client`` builds (a bounded pool; a cluster's or Sentinel's primary).
 """
 
 from __future__ import annotations
@@ -12,18 +14,20 @@ import asyncio
 import hashlib
 import math
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
-from urllib.parse import urlsplit
 
 from cachetools import TLRUCache
 
+from fastapps_auth.backends import redis_client
+from fastapps_auth.backends.redis_client import CLUSTER_NODE, RedisUnusable, RedisURL, parse_redis_url
 from fastapps_auth.clock import SYSTEM_CLOCK, Clock
-from fastapps_auth.endpoints import is_loopback
 from fastapps_auth.errors import TransientError
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+    from redis.asyncio.cluster import RedisCluster
 
-SCHEMES = ("memory", "redis", "rediss", "unix")
+#: The least time ``ping()`` is given (a cluster's discovery, a Sentinel's query), seconds.
+PING_TIMEOUT = 5.0
 
 
 def replay_key(jkt: str, jti: str) -> bytes:
@@ -84,68 +88,79 @@ class MemoryReplayStore:
 class RedisReplayStore:
     """The replay cache on Redis: ``SET <prefix>:<digest> 1 NX PX <ttl>``, one round trip per proof.
 
-    The client connects on first use, through redis-py's ``BlockingConnectionPool`` of at most
-    ``max_connections`` (a burst waits for a connection rather than opening more). ``timeout``
-    bounds each call, waiting for a connection included; a slow or failed call raises and the
-    stage's ``on_error`` applies.
+    ``url`` is any URL ``redis_client.parse_redis_url`` accepts (one server, a cluster, Sentinel).
+    The client connects on first use, with at most ``max_connections`` per server (a single
+    server's pool makes a burst wait for a connection; a cluster's or Sentinel's is bounded here
+    by a semaphore). ``timeout`` bounds each call, waiting for a connection included; a slow or
+    failed call raises and the stage's ``on_error`` applies. Nothing is resent: a ``SET NX`` that
+    may have run would, run again, call the first use a replay.
     """
 
-    def __init__(self, url: str, *, prefix: str, timeout: float = 0.2, max_connections: int = 16) -> None:
-        from redis.asyncio.connection import parse_url
-
+    def __init__(self, url: str | RedisURL, *, prefix: str, timeout: float = 0.2, max_connections: int = 16) -> None:
         if not timeout > 0 or not math.isfinite(timeout):
             raise ValueError("timeout must be a positive number of seconds")
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
-        try:
-            parse_url(url)  # a malformed URL is a configuration error now, not a failure per request
-        except ValueError:
-            raise ValueError("not a valid Redis URL (redis://[[user]:password@]host[:port][/db])") from None
-        self.url = url
+        # A malformed URL is a configuration error now, not a failure per request.
+        self.url = parse_redis_url(url, allow_plaintext=True) if isinstance(url, str) else url
         self.prefix = prefix
         self.timeout = timeout
         self.max_connections = max_connections
-        self._client: Redis | None = None
+        self._client: Redis | RedisCluster | None = None
+        self._bound = asyncio.Semaphore(max_connections) if redis_client.needs_bound(self.url) else None
+        #: A lasting misconfiguration found at first use (a cluster node behind redis://).
+        self.problem: str | None = None
         self.calls = 0
         self.errors = 0
 
-    def _connect(self) -> Redis:
-        from redis.asyncio import BlockingConnectionPool, Redis
-
-        pool = BlockingConnectionPool.from_url(
-            self.url,
-            max_connections=self.max_connections,
-            timeout=self.timeout,
-            socket_timeout=self.timeout,
-            socket_connect_timeout=self.timeout,
+    def _connect(self) -> Redis | RedisCluster:
+        # Every call runs under asyncio.timeout(timeout): the client need not time its socket calls again.
+        client = self._client = redis_client.make_client(
+            self.url, max_connections=self.max_connections, timeout=self.timeout, caller_bounds=True
         )
-        client = self._client = Redis.from_pool(pool)
         return client
 
     def redis_key(self, key: bytes) -> str:
         return f"{self.prefix}:{key.hex()}"
 
     async def first_use(self, key: bytes, ttl: float) -> bool:
+        from redis.exceptions import AskError  # MOVED is an AskError: a plain client sent to a cluster node
+
         client = self._client or self._connect()
+        bound = self._bound
         self.calls += 1
         try:
             async with asyncio.timeout(self.timeout):
-                stored = await client.set(self.redis_key(key), b"1", nx=True, px=max(1, math.ceil(ttl * 1000)))
+                if self.problem is not None:
+                    raise RedisUnusable(self.problem)
+                if bound is not None:
+                    await bound.acquire()
+                try:
+                    stored = await client.set(self.redis_key(key), b"1", nx=True, px=max(1, math.ceil(ttl * 1000)))
+                finally:
+                    if bound is not None:
+                        bound.release()
+        except AskError:
+            self.errors += 1
+            if self.url.kind == "cluster":
+                raise
+            self.problem = CLUSTER_NODE
+            raise RedisUnusable(CLUSTER_NODE) from None
         except BaseException:
             self.errors += 1
             raise
         return bool(stored)
 
     async def ping(self) -> None:
-        """One round trip: connects now (``start``), or says why it cannot (``probe``)."""
+        """Reach Redis now (every primary of a cluster): ``start`` connects, ``probe`` says why it cannot."""
         client = self._client or self._connect()
-        async with asyncio.timeout(self.timeout):
-            await client.ping()
+        async with asyncio.timeout(max(2 * self.timeout, PING_TIMEOUT)):
+            await redis_client.probe(client)
 
     async def aclose(self) -> None:
         client, self._client = self._client, None
         if client is not None:
-            await client.aclose()
+            await redis_client.close(client)
 
     def stats(self) -> dict[str, float]:
         return {"replay_calls": float(self.calls), "replay_errors": float(self.errors)}
@@ -163,15 +178,13 @@ def open_replay_store(
 ) -> ReplayStore:
     """The replay store for ``uri``; ``ValueError`` (a readable reason) for one that cannot be used.
 
-    ``redis://`` to a host other than loopback is unencrypted, so it needs ``allow_plaintext``
-    (use ``rediss://``). Nothing connects here.
+    ``memory://``, or a Redis URL (``redis_client``): plaintext to a host other than loopback needs
+    ``allow_plaintext`` (``insecure_backend``; use a ``rediss`` scheme). Nothing connects here.
     """
-    parts = urlsplit(uri)
-    scheme = parts.scheme.lower()
-    if scheme not in SCHEMES:
-        raise ValueError(f"unsupported replay cache {uri.split(':', 1)[0]!r}:// (use memory://, redis://, rediss://)")
-    if scheme == "memory":
+    if uri.split("://", 1)[0].lower() == "memory":
         return MemoryReplayStore(max_entries=max_entries, clock=clock)
-    if scheme == "redis" and not allow_plaintext and not is_loopback(parts.hostname):
-        raise ValueError("redis:// to a non-loopback host is unencrypted; use rediss:// or set insecure_backend = true")
-    return RedisReplayStore(uri, prefix=prefix, timeout=timeout, max_connections=max_connections)
+    try:
+        url = parse_redis_url(uri, allow_plaintext=allow_plaintext, plaintext_option="insecure_backend")
+    except ValueError as exc:
+        raise ValueError(f"{exc} (or memory://)") from None
+    return RedisReplayStore(url, prefix=prefix, timeout=timeout, max_connections=max_connections)

@@ -7,59 +7,27 @@ flight however many tokens wait for it) and backs off after a failure. Requests 
 ``JSONClient`` (https except loopback, bounded body, one time limit, no redirects), authenticate
 the client with ``client_secret_basic`` or ``client_secret_post``, and send
 ``token_type_hint=access_token``. Anything but HTTP 200 with a JSON object whose ``active`` is a
-boolean is a ``FetchError``: it says nothing about the token. So is an answer that two readers could
-read differently (a member name twice, at any depth: ``{"active": false, "active": true}``) or that
-no encoder can write back (a lone UTF-16 surrogate). At most ``max_connections`` requests are in
-flight at once; a member whose value is the token itself (an endpoint that echoes it) is dropped.
+boolean is a ``FetchError``: it says nothing about the token. So is an answer that ``strict_json``
+refuses: one that two readers could read differently (a member name twice, at any depth:
+``{"active": false, "active": true}``), or that no encoder can write back (a lone UTF-16 surrogate).
+At most ``max_connections`` requests are in flight at once; a member whose value is the token itself
+(an endpoint that echoes it) is dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import json
 from typing import Any, Literal
-from urllib.parse import quote
 
+from fastapps_auth.backends.client_auth import client_authentication
 from fastapps_auth.backends.discovery import discover_endpoint
 from fastapps_auth.backends.http_json import FetchError, JSONClient
 from fastapps_auth.clock import Clock
+from fastapps_auth.strict_json import json_object
 
 #: Longest wait before discovery is tried again after it failed, seconds (it doubles from 1 s).
 MAX_DISCOVERY_BACKOFF = 60.0
-
-
-def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj = dict(pairs)
-    if len(obj) < len(pairs):
-        raise ValueError("a member name appears twice")
-    return obj
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"non-JSON literal {name}")
-
-
-class _AnswerDecoder(json.JSONDecoder):
-    """JSON as I-JSON (RFC 7493) reads it: no name twice in an object (RFC 8259 §4 leaves that to each
-    reader; an answer about a token must mean one thing), no lone surrogate (no encoder can write it
-    back to a log or a database), no ``NaN``/``Infinity``."""
-
-    def __init__(self) -> None:
-        super().__init__(object_pairs_hook=_unique_members, parse_constant=_no_constant)
-
-    def decode(self, s: str, *args: Any, **kwargs: Any) -> Any:
-        obj = super().decode(s, *args, **kwargs)
-        if "\\ud" in s or "\\uD" in s:  # a surrogate can only come from an escape
-            try:
-                json.dumps(obj, ensure_ascii=False).encode("utf-8")
-            except UnicodeEncodeError:
-                raise ValueError("a lone UTF-16 surrogate") from None
-        return obj
-
-
-_ANSWER_DECODER = _AnswerDecoder()
 
 
 class IntrospectionClient:
@@ -91,15 +59,10 @@ class IntrospectionClient:
             allow_insecure_http=allow_insecure_http,
             keepalive=True,
             max_connections=max_connections,
-            decoder=_ANSWER_DECODER,
+            parse=json_object,  # no member name twice (readers would disagree), no lone surrogate
         )
-        self._form: dict[str, str] = {"token_type_hint": "access_token"}
-        self._headers: dict[str, str] = {}
-        if auth_method == "client_secret_post":
-            self._form.update(client_id=client_id, client_secret=client_secret)
-        else:  # RFC 6749 §2.3.1: each part form-urlencoded, then base64
-            pair = f"{quote(client_id, safe='')}:{quote(client_secret, safe='')}".encode()
-            self._headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
+        form, self._headers = client_authentication(client_id, client_secret, auth_method)
+        self._form: dict[str, str] = {"token_type_hint": "access_token", **form}
         self.failures = 0
         self.last_error: str | None = None
         self._retry_at = float("-inf")

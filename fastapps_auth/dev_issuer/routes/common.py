@@ -23,7 +23,7 @@ NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 def oauth_error(exc: OAuthError) -> Response:
     """The RFC 6749 §5.2 JSON error; a 401 names the Basic scheme the client can retry with."""
-    headers = dict(NO_STORE)
+    headers = {**NO_STORE, **exc.headers}
     if exc.status == 401:
         headers["WWW-Authenticate"] = 'Basic realm="dev-issuer"'
     return JSONResponse({"error": exc.error, "error_description": exc.description}, exc.status, headers)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -12,6 +10,7 @@ from fastapps_auth.dev_issuer.grants import OAuthError
 from fastapps_auth.dev_issuer.issuer import DevIssuer
 from fastapps_auth.dev_issuer.registration import RegistrationError, client_from_metadata
 from fastapps_auth.dev_issuer.routes.common import NO_STORE, oauth_error, read_body
+from fastapps_auth.strict_json import Malformed, json_object
 
 MAX_JSON_BYTES = 16 * 1024
 
@@ -22,9 +21,9 @@ def routes(issuer: DevIssuer) -> list[Route]:
             if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
                 raise OAuthError("invalid_client_metadata", "send the client metadata as application/json")
             try:
-                data = json.loads(await read_body(request, MAX_JSON_BYTES))
-            except ValueError:
-                raise OAuthError("invalid_client_metadata", "the body is not JSON") from None
+                data = json_object(await read_body(request, MAX_JSON_BYTES))
+            except Malformed as exc:
+                raise OAuthError("invalid_client_metadata", f"the body is not JSON ({exc})") from None
             try:
                 client, body = client_from_metadata(data, now=int(issuer.clock.time()))
             except RegistrationError as exc:
