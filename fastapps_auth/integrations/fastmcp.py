@@ -16,14 +16,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from fastmcp.server.auth import AccessToken as FastMCPAccessToken
-from fastmcp.server.auth import TokenVerifier
-from fastmcp.server.middleware import Middleware
-
 from fastapps_auth.chain import VerifierChain
 from fastapps_auth.integrations.asgi.context import RequestScopedVerifier, current_decision, request_decision
 from fastapps_auth.integrations.asgi.tools import ToolResolver
+from fastapps_auth.integrations.quiet_import import quiet_fastmcp_import
 from fastapps_auth.request import RequestInfo
+
+with quiet_fastmcp_import():
+    from fastmcp.server.auth import AccessToken as FastMCPAccessToken
+    from fastmcp.server.auth import TokenVerifier
+    from fastmcp.server.middleware import Middleware
 
 __all__ = ["ChainTokenVerifier", "ToolRules", "as_fastmcp_verifier", "tool_resolver"]
 

@@ -40,8 +40,11 @@ def metadata_url(resource_url: str) -> str:
 
 
 def _is_fastmcp(server: Any) -> bool:
+    from fastapps_auth.integrations.quiet_import import quiet_fastmcp_import
+
     try:
-        from fastmcp import FastMCP
+        with quiet_fastmcp_import():
+            from fastmcp import FastMCP
     except ImportError:  # pragma: no cover - FastMCP is not installed
         return False
     return isinstance(server, FastMCP)

@@ -48,7 +48,7 @@ def _in(ip: str, networks: Sequence[IPNetwork]) -> bool:
 def peer_trusted(scope: Scope, trusted: Sequence[IPNetwork]) -> bool:
     """True when the peer is a trusted proxy (its X-Forwarded-* headers are believed)."""
     peer = scope.get("client")
-    return bool(trusted) and bool(peer) and _in(str(peer[0]), trusted)
+    return bool(trusted) and peer is not None and _in(str(peer[0]), trusted)
 
 
 def client_ip(scope: Scope, trusted: Sequence[IPNetwork]) -> str | None:
