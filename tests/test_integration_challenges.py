@@ -267,6 +267,30 @@ async def test_the_audience_is_bound_to_the_servers_url_by_default(dev_issuer: R
     await app.chain.aclose()
 
 
+async def test_the_middlewares_resource_url_binds_the_audience_and_names_the_metadata() -> None:
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from fastapps_auth.integrations.asgi import ChainAuthMiddleware
+    from fastapps_auth.registry import load
+
+    issuer = Issuer()
+    chain = VerifierChain(load("jwt")(issuer_url=ISSUER, jwks=issuer.jwks, algorithms=["RS256"]))
+
+    async def ok(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/mcp", ok, methods=["POST"])])
+    app.add_middleware(ChainAuthMiddleware, chain=chain, resource_url="http://127.0.0.1/mcp")
+    async with AsyncServer(app) as srv:
+        mine = await raw(srv.url, issuer.mint(aud="http://127.0.0.1/mcp"))
+        other = await raw(srv.url, issuer.mint(aud="http://127.0.0.1/other"))
+    await chain.aclose()
+    assert mine.status_code == 200
+    assert other.status_code == 401 and f'resource_metadata="{META}"' in other.headers["www-authenticate"]
+
+
 def test_importing_the_fastapps_integration_shows_no_authlib_deprecation_but_other_warnings_still_show() -> None:
     code = (
         "import warnings\n"

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapps_auth.chain import VerifierChain
+from fastapps_auth.integrations.asgi import metadata as asgi_metadata
 from fastapps_auth.integrations.asgi.context import RequestScopedVerifier
 from fastapps_auth.integrations.asgi.middleware import ChainAuthMiddleware
 from fastapps_auth.integrations.asgi.tools import ToolResolver, exact_names
@@ -32,11 +33,8 @@ def token_verifier(chain: VerifierChain, *, resource_url: str | None = None) -> 
 
 
 def metadata_url(resource_url: str) -> str:
-    """The RFC 9728 protected-resource metadata URL of ``resource_url`` (as the SDK builds it)."""
-    from mcp.server.auth.routes import build_resource_metadata_url
-    from pydantic import AnyHttpUrl
-
-    return str(build_resource_metadata_url(AnyHttpUrl(resource_url)))
+    """The RFC 9728 protected-resource metadata URL of ``resource_url`` (the well-known suffix before its path)."""
+    return asgi_metadata.metadata_url(resource_url)
 
 
 def _is_fastmcp(server: Any) -> bool:

@@ -24,6 +24,7 @@ from fastapps_auth.integrations.asgi.body import DEFAULT_MAX_BODY, NOT_RPC, RpcT
 from fastapps_auth.integrations.asgi.client import client_ip, parse_networks, peer_trusted
 from fastapps_auth.integrations.asgi.context import STATE_KEY, RequestDecision, request_decision
 from fastapps_auth.integrations.asgi.headers import RequestHeaders, credentials, public_url, read_headers
+from fastapps_auth.integrations.asgi.metadata import metadata_url
 from fastapps_auth.integrations.asgi.needs import ChainNeeds
 from fastapps_auth.integrations.asgi.paths import PathRules, is_preflight
 from fastapps_auth.integrations.asgi.refusals import (
@@ -71,6 +72,10 @@ class ChainAuthMiddleware:
     builds the response to a refused decision (default: ``error_response``); ``on_decision`` sees
     every decision with its scope. ``required_scopes`` is deprecated: put a ``scopes`` stage in the chain.
 
+    ``resource_url`` is the server's own URL: the chain is bound to it (a ``jwt`` stage with no
+    ``audience`` accepts only tokens for it, RFC 8707) and ``resource_metadata_url`` defaults to its
+    RFC 9728 metadata URL.
+
     ``anonymous`` may also be a predicate on the request (``RequestInfo``, its body read): True when a
     request without credentials may go on; one it refuses is answered 401 like any request without a token.
     When the chain has a ``dpop`` stage the ``DPoP`` scheme is accepted too, and its refusals carry a
@@ -95,6 +100,7 @@ class ChainAuthMiddleware:
         on_error: Callable[[Decision], Response] | None = None,
         on_decision: Callable[[Scope, Decision], None] | None = None,
         required_scopes: Sequence[str] = (),
+        resource_url: str | None = None,
     ) -> None:
         if not callable(anonymous) and anonymous not in ("deny", "allow"):
             raise ValueError("anonymous must be 'deny', 'allow' or a predicate on the request")
@@ -107,6 +113,9 @@ class ChainAuthMiddleware:
                 stacklevel=2,
             )
             chain = with_required_scopes(chain, required_scopes)
+        if resource_url:
+            chain.bind_resource(resource_url)  # RFC 8707: a jwt stage without an audience takes this one
+            resource_metadata_url = resource_metadata_url or metadata_url(resource_url)
         self.app = app
         self.chain = chain
         self.resource_metadata_url = str(resource_metadata_url) if resource_metadata_url else None
