@@ -14,7 +14,7 @@ import httpx
 import pytest
 from fastapps import BaseWidget, auth_required, optional_auth
 
-from fastapps_auth import VerifierChain
+from fastapps_auth import Stage, VerifierChain
 from fastapps_auth.dev_issuer import RunningIssuer
 from fastapps_auth.dev_issuer.server import BackgroundServer
 from fastapps_auth.integrations.fastapps import WidgetMCPServer
@@ -276,7 +276,9 @@ async def test_the_middlewares_resource_url_binds_the_audience_and_names_the_met
     from fastapps_auth.registry import load
 
     issuer = Issuer()
-    chain = VerifierChain(load("jwt")(issuer_url=ISSUER, jwks=issuer.jwks, algorithms=["RS256"]))
+    jwt = load("jwt")(issuer_url=ISSUER, jwks=issuer.jwks, algorithms=["RS256"])
+    assert isinstance(jwt, Stage)
+    chain = VerifierChain(jwt)
 
     async def ok(request: Any) -> PlainTextResponse:
         return PlainTextResponse("ok")
