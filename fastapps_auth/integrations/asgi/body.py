@@ -40,7 +40,8 @@ class RpcTarget(NamedTuple):
     """What a JSON-RPC message asks for: its method, the tool and arguments of a ``tools/call``.
 
     ``refusal`` is set (one of the reasons above) when the message must not reach the app. ``name`` is
-    what an ``Mcp-Name`` header mirrors (``params.name``, or ``params.uri`` of ``resources/read``). A named
+    what an ``Mcp-Name`` header mirrors (``params.name``, or ``params.uri`` of ``resources/read``); ``batch``
+    is set for a JSON-RPC batch (whose ``method`` is ``"batch"``). A named
     tuple: one is built per request, at a third of a frozen dataclass's cost.
     """
 
@@ -50,6 +51,7 @@ class RpcTarget(NamedTuple):
     request_id: Any = None
     refusal: str | None = None
     name: Any = None
+    batch: bool = False
 
 
 NOT_RPC = RpcTarget()
@@ -158,7 +160,7 @@ def rpc_message(data: bytes | str) -> RpcTarget:
         return RpcTarget(refusal=UNREADABLE)
     if isinstance(msg, list):
         calls = any(isinstance(m, dict) and m.get("method") == "tools/call" for m in msg)
-        return RpcTarget(method="batch", refusal=BATCHED_CALL if calls else None)
+        return RpcTarget(method="batch", refusal=BATCHED_CALL if calls else None, batch=True)
     if not isinstance(msg, dict):
         return NOT_RPC
     method = _name(msg.get("method"))
@@ -191,7 +193,7 @@ def check_mirrors(target: RpcTarget, methods: tuple[str, ...], names: tuple[str,
     """
     if target.refusal is not None or not (methods or names):
         return target
-    if len(methods) > 1 or len(names) > 1:
+    if len(methods) > 1 or len(names) > 1 or target.batch:  # the headers mirror one message
         return target._replace(refusal=HEADER_MISMATCH)
     if methods and _header_value(methods[0]) != target.method:
         return target._replace(refusal=HEADER_MISMATCH)
