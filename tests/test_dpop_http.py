@@ -7,7 +7,7 @@ the stage with no option of its own, answers with both challenges and sends ``DP
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Generator, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -28,6 +28,7 @@ from fastapps_auth.integrations.mcp import protect
 from fastapps_auth.stages.dpop import DPoPStage
 from fastapps_auth.testing import jwt_stage, start_issuer
 from fastapps_auth.testing.dpop import DPoPKey
+from tests.support.dpop_client import dpop_auth
 
 ALGS = "ES256 ES384 RS256 PS256 EdDSA"
 AUDIENCE = "https://mcp.example.com/mcp"
@@ -160,29 +161,6 @@ def test_without_a_dpop_stage_the_dpop_scheme_is_no_credential(issuer: RunningIs
     assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
 
 
-class DPoPAuth(httpx.Auth):
-    """An MCP client's DPoP: ``Authorization: DPoP``, a fresh proof per request, the server's nonce when asked."""
-
-    def __init__(self, key: DPoPKey, token: str) -> None:
-        self.key = key
-        self.token = token
-        self.nonce: str | None = None
-        self.proofs = 0
-
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        url = str(request.url.copy_with(query=None))
-        request.headers.update(self.key.headers(request.method, url, self.token, nonce=self.nonce))
-        self.proofs += 1
-        response = yield request
-        if response.status_code == 401 and "dpop-nonce" in response.headers:
-            self.nonce = response.headers["dpop-nonce"]
-            request.headers.update(self.key.headers(request.method, url, self.token, nonce=self.nonce))
-            self.proofs += 1
-            yield request
-        elif "dpop-nonce" in response.headers:
-            self.nonce = response.headers["dpop-nonce"]
-
-
 @pytest.fixture
 async def mcp_server(issuer: RunningIssuer) -> AsyncIterator[str]:
     chain = VerifierChain(jwt_stage(issuer), DPoPStage(mode="required", nonce=True))
@@ -200,7 +178,7 @@ async def mcp_server(issuer: RunningIssuer) -> AsyncIterator[str]:
 
 async def test_the_mcp_client_calls_a_tool_with_dpop(mcp_server: str, issuer: RunningIssuer) -> None:
     key = DPoPKey.generate()
-    auth = DPoPAuth(key, bound(issuer, key, "carol"))
+    auth = dpop_auth(httpx.Auth, key, bound(issuer, key, "carol"))
     async with (
         httpx.AsyncClient(auth=auth, timeout=30) as http,
         streamable_http_client(f"{mcp_server}/mcp", http_client=http) as (read, write, _),

@@ -241,6 +241,8 @@ class ChainAuthMiddleware:
         if not decision.allowed:
             await send_response(scope, send, self.on_error(self.needs.for_client(decision)))
             return
+        if info.auth_scheme == "dpop":
+            scope = _as_bearer(scope, token)
         _authenticate_scope(scope, decision)
         extra = rate_limit_headers(decision.rate_limit) if decision.rate_limit is not None else []
         nonce = self.needs.nonce(request=info) if self._dpop else None
@@ -269,6 +271,14 @@ class ChainAuthMiddleware:
             return decision
 
         return decide
+
+
+def _as_bearer(scope: Scope, token: str) -> Scope:
+    """``scope`` with its verified DPoP credential shown to the app as ``Bearer``: the proof is checked, and the
+    hosts' own bearer backends (the MCP SDK's, FastMCP's) read no other scheme."""
+    bearer = b"Bearer " + token.encode("latin-1")
+    headers = [(n, bearer if n == b"authorization" else v) for n, v in scope.get("headers", ())]
+    return {**scope, "headers": headers}
 
 
 def _authenticate_scope(scope: Scope, decision: Decision) -> None:
