@@ -87,7 +87,7 @@ async def test_the_mcp_client_calls_a_tool_with_dpop(host: Callable[[VerifierCha
         await session.initialize()
         result = await session.call_tool("who", {})
     await chain.aclose()
-    assert result.is_error is False and result.content[0].text == f"alice {key.jkt}"
+    assert result.is_error is False and result.content[0].text == f"alice {key.jkt}"  # type: ignore[union-attr]
     assert auth.proofs >= 3 and auth.nonce is not None
 
 

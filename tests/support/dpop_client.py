@@ -12,7 +12,7 @@ from fastapps_auth.testing.dpop import DPoPKey
 def dpop_auth(base: type[Any], key: DPoPKey, token: str) -> Any:
     """An auth object for an HTTP client whose ``Auth`` class is ``base`` (``httpx.Auth``, ``httpx2.Auth``)."""
 
-    class DPoPAuth(base):  # type: ignore[misc, valid-type]
+    class DPoPAuth(base):  # type: ignore[misc, valid-type, unused-ignore]
         def __init__(self) -> None:
             self.nonce: str | None = None
             self.proofs = 0
