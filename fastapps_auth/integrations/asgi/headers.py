@@ -18,9 +18,7 @@ from starlette.types import Scope
 
 #: Characters a path keeps unescaped in the public URL (RFC 3986 pchar and "/").
 _PATH_SAFE = "/:@!$&'()*+,;=~"
-_WANTED = frozenset(
-    {b"authorization", b"dpop", b"host", b"x-forwarded-proto", b"x-forwarded-host", b"mcp-method", b"mcp-name"}
-)
+_RARE = frozenset({b"dpop", b"x-forwarded-proto", b"x-forwarded-host", b"mcp-method", b"mcp-name"})
 
 
 class RequestHeaders(NamedTuple):
@@ -36,26 +34,34 @@ class RequestHeaders(NamedTuple):
 
 
 def read_headers(scope: Scope) -> RequestHeaders:
-    """The headers above from ``scope``, in one pass over its header list."""
-    found: dict[bytes, list[str]] = {}
+    """The headers above from ``scope``, in one pass over its header list (the common ones first)."""
+    authorization: list[str] = []
+    host: str | None = None
+    rest: list[tuple[bytes, bytes]] | None = None
     for name, value in scope.get("headers", ()):
-        if name in _WANTED:
-            found.setdefault(name, []).append(value.decode("latin-1"))
-    if not found:
-        return RequestHeaders()
+        if name == b"authorization":
+            authorization.append(value.decode("latin-1"))
+        elif name == b"host":
+            if host is None:
+                host = value.decode("latin-1").strip()
+        elif name in _RARE:
+            if rest is None:
+                rest = []
+            rest.append((name, value))
+    if rest is None:
+        return RequestHeaders(tuple(authorization), (), host)
+    found: dict[bytes, list[str]] = {}
+    for name, value in rest:
+        found.setdefault(name, []).append(value.decode("latin-1"))
     return RequestHeaders(
-        authorization=tuple(found.get(b"authorization", ())),
+        authorization=tuple(authorization),
         dpop=tuple(v.strip() for v in found.get(b"dpop", ())),
-        host=_first(found.get(b"host")),
+        host=host,
         forwarded_proto=_last(found.get(b"x-forwarded-proto")),
         forwarded_host=_last(found.get(b"x-forwarded-host")),
         mcp_method=tuple(found.get(b"mcp-method", ())),
         mcp_name=tuple(found.get(b"mcp-name", ())),
     )
-
-
-def _first(values: list[str] | None) -> str | None:
-    return values[0].strip() if values else None
 
 
 def _last(values: list[str] | None) -> str | None:
@@ -71,7 +77,7 @@ def credentials(headers: RequestHeaders, *, dpop: bool) -> tuple[str, str] | Non
     when ``dpop``); ``None`` when there is no such credential."""
     if len(headers.authorization) != 1:
         return None
-    scheme, _, token = headers.authorization[0].strip().partition(" ")
+    scheme, _, token = headers.authorization[0].partition(" ")  # ASGI servers strip header values
     scheme = scheme.lower()
     if scheme == "bearer" or (dpop and scheme == "dpop"):
         return scheme, token.strip()
@@ -90,8 +96,9 @@ def public_url(scope: Scope, headers: RequestHeaders, *, behind_proxy: bool) -> 
     if not host:
         server = scope.get("server")
         host = f"{server[0]}:{server[1]}" if server and server[1] is not None else str(server[0]) if server else ""
-    path: str = scope.get("path", "") or "/"
+    raw = scope.get("raw_path")  # the path as the client sent it, percent-encoded
+    path = raw.decode("latin-1") if raw else quote(scope.get("path", "") or "/", safe=_PATH_SAFE)
     root: str = scope.get("root_path", "")
     if root and not path.startswith(root):
-        path = root + path  # a server that gives the path below its root path
-    return f"{scheme}://{host}{quote(path, safe=_PATH_SAFE)}"
+        path = quote(root, safe=_PATH_SAFE) + path  # a server given the path below a root path a proxy removed
+    return f"{scheme}://{host}{path}"

@@ -149,7 +149,7 @@ class ChainAuthMiddleware:
         token = found[1] if found is not None else None
         if token is None and not self.allow_anonymous:
             # No credentials: refused before the body is read, as the chain refuses an empty token.
-            info = self.request_info(scope, NOT_RPC, None, headers)
+            info = self.request_info(scope, NOT_RPC, None, headers, found)
             await self._answer(scope, receive, send, "", await self.chain.evaluate("", request=info), info)
             return
         target = NOT_RPC
@@ -162,8 +162,9 @@ class ChainAuthMiddleware:
                     target, receive = await self._read(receive)
                 except ClientDisconnect:
                     return  # the client left mid-body: no request to decide on or to run
-                target = mcp_body.check_mirrors(target, headers.mcp_method, headers.mcp_name)
-        decision, info = await self.decide(token, scope, target, headers)
+                if headers.mcp_method or headers.mcp_name:  # a 2026-07-28 client
+                    target = mcp_body.check_mirrors(target, headers.mcp_method, headers.mcp_name)
+        decision, info = await self.decide(token, scope, target, headers, found)
         if decision is not None:
             await self._answer(scope, receive, send, token or "", decision, info)
             return
@@ -174,7 +175,12 @@ class ChainAuthMiddleware:
             current_request.reset(reset)
 
     async def decide(
-        self, token: str | None, scope: Scope, target: RpcTarget, headers: RequestHeaders | None = None
+        self,
+        token: str | None,
+        scope: Scope,
+        target: RpcTarget,
+        headers: RequestHeaders | None = None,
+        found: tuple[str, str] | None = None,
     ) -> tuple[Decision | None, RequestInfo]:
         """The decision for one message (a body, a websocket frame), and the request it was made for.
 
@@ -191,7 +197,7 @@ class ChainAuthMiddleware:
             except Exception as exc:
                 logger.warning("resolving the called tool failed (%s); refusing with 503", type(exc).__name__)
                 rejected = lookup_failed()
-        info = self.request_info(scope, target, tool, headers if headers is not None else read_headers(scope))
+        info = self.request_info(scope, target, tool, headers, found)
         if token is None:
             if rejected is None and self.anonymous_may is not None and not self.anonymous_may(info):
                 return await self.chain.evaluate("", request=info), info  # this request needs a token
@@ -208,20 +214,30 @@ class ChainAuthMiddleware:
         return name[:MAX_RPC_NAME_CHARS] if name is not None else None
 
     def request_info(
-        self, scope: Scope, target: RpcTarget, tool: str | None, headers: RequestHeaders | None = None
+        self,
+        scope: Scope,
+        target: RpcTarget,
+        tool: str | None,
+        headers: RequestHeaders | None = None,
+        found: tuple[str, str] | None = None,
     ) -> RequestInfo:
-        """What stages may know of the request: method, path, client, MCP method and tool, public URL, DPoP."""
-        headers = headers if headers is not None else read_headers(scope)
-        found = credentials(headers, dpop=self._dpop)
+        """What stages may know of the request: method, path, client, MCP method and tool, public URL, DPoP.
+
+        ``headers`` and ``found`` (its credentials) are read here when not given.
+        """
+        if headers is None:
+            headers = read_headers(scope)
+            found = credentials(headers, dpop=self._dpop)
+        # Positional: a named tuple built from keywords costs twice as much, and this is built per request.
         return RequestInfo(
-            method=scope.get("method", "GET"),  # a websocket handshake is a GET
-            path=scope.get("path"),
-            client_ip=client_ip(scope, self.trusted),
-            mcp_method=target.method,
-            tool_name=tool,
-            url=public_url(scope, headers, behind_proxy=peer_trusted(scope, self.trusted)),
-            auth_scheme=found[0] if found is not None else None,
-            dpop_proofs=headers.dpop,
+            scope.get("method", "GET"),  # a websocket handshake is a GET
+            scope.get("path"),
+            client_ip(scope, self.trusted),
+            target.method,
+            tool,
+            public_url(scope, headers, behind_proxy=peer_trusted(scope, self.trusted)) if self._dpop else None,
+            found[0] if found is not None else None,
+            headers.dpop,
         )
 
     async def _read(self, receive: Receive) -> tuple[RpcTarget, Receive]:
@@ -268,7 +284,7 @@ class ChainAuthMiddleware:
             decision, _ = await self.decide(token, scope, target)
             if decision is not None and self.on_decision is not None:
                 self.on_decision(scope, decision)
-            return decision
+            return self.needs.for_client(decision) if decision is not None else None
 
         return decide
 
