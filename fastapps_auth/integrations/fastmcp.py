@@ -136,6 +136,7 @@ class ToolRules(Middleware):  # type: ignore[misc, unused-ignore]
     def __init__(self, chain: VerifierChain, resolve: ToolResolver) -> None:
         self.chain = chain
         self.resolve = resolve
+        self._proven = _without_dpop(chain)
 
     async def on_call_tool(self, context: Any, call_next: Any) -> Any:
         if not _over_http():
@@ -149,10 +150,22 @@ class ToolRules(Middleware):  # type: ignore[misc, unused-ignore]
         held = request_decision.get()
         token = held.token if held is not None else _token_of_request()
         info = (request or RequestInfo())._replace(mcp_method="tools/call", tool_name=tool)
-        decided = await self.chain.evaluate(token or "", request=info)
+        # The middleware allowed this request: its DPoP proof is verified, and checking it again would be a replay.
+        chain = self._proven if decision is not None and decision.allowed else self.chain
+        decided = await chain.evaluate(token or "", request=info)
         if not decided.allowed:
             raise _authorization_error(decided.scope, decided.description or "not authorized")
         return await call_next(context)
+
+
+def _without_dpop(chain: VerifierChain) -> VerifierChain:
+    """``chain`` without its ``dpop`` stages (same stages otherwise, same observers), or ``chain`` if it has none."""
+    from fastapps_auth.stages.dpop import DPoPStage
+
+    stages = [s for s in chain.stages if not isinstance(s, DPoPStage)]
+    if len(stages) == len(chain.stages):
+        return chain
+    return VerifierChain(*stages, observers=chain.observers, clock=chain.clock, name=chain.name)
 
 
 def _over_http() -> bool:

@@ -114,3 +114,31 @@ async def test_a_bound_token_as_bearer_is_refused_with_both_challenges(host: Cal
         "scopes_supported": ["read"],
         "dpop_signing_alg_values_supported": ["ES256", "ES384", "RS256", "PS256", "EdDSA"],
     }
+
+
+async def test_a_tool_fastmcp_hides_until_the_token_is_known_is_called_with_dpop() -> None:
+    """``ToolRules`` decides a tool the HTTP layer could not see; the proof is not checked twice (a replay)."""
+    from fastmcp import FastMCP
+    from fastmcp.server.auth import RemoteAuthProvider, require_scopes
+    from pydantic import AnyHttpUrl
+
+    from fastapps_auth.integrations.fastmcp import as_fastmcp_verifier
+
+    issuer = Issuer()
+    chain = chain_for(issuer)
+    verifier = as_fastmcp_verifier(chain, base_url="http://127.0.0.1", resource_url=RESOURCE)
+    mcp = FastMCP("dpop", auth=RemoteAuthProvider(verifier, [AnyHttpUrl(ISSUER)], base_url="http://127.0.0.1"))
+    mcp.tool(auth=require_scopes("read"))(who)
+    app = protect(mcp.http_app(stateless_http=True), chain, server=mcp, resource_url=RESOURCE)
+    key = DPoPKey.generate()
+    auth = dpop_auth(httpx2.Auth, key, issuer.mint("alice", cnf=key.cnf))
+    async with (
+        AsyncServer(app) as srv,
+        httpx2.AsyncClient(auth=auth, timeout=30) as http,
+        streamable_http_client(f"{srv.url}/mcp", http_client=http) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()
+        result = await session.call_tool("who", {})
+    await chain.aclose()
+    assert result.is_error is False and result.content[0].text == f"alice {key.jkt}"  # type: ignore[union-attr]
