@@ -7,6 +7,7 @@ the stage with no option of its own, answers with both challenges and sends ``DP
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -203,3 +204,32 @@ async def test_the_mcp_client_with_an_unbound_token_is_refused_when_dpop_is_requ
     assert refused.status_code == 401
     assert refused.json()["error_description"] == "this server accepts only DPoP-bound tokens"
     assert refused.headers.get_list("www-authenticate")[1] == f'DPoP algs="{ALGS}"'
+
+
+async def test_a_websocket_opened_with_dpop_checks_its_one_proof_once(issuer: RunningIssuer) -> None:
+    """The handshake proves possession for the connection; each message is decided without replaying the proof."""
+    from starlette.routing import WebSocketRoute
+    from websockets.asyncio.client import connect
+
+    from tests.hosts.support import INITIALIZE, rpc
+    from tests.test_integration_transports import INITIALIZED, WebsocketMCP, exchange, mcp_server
+
+    ran: list[str] = []
+    server = mcp_server(ran)
+    chain = VerifierChain(jwt_stage(issuer), DPoPStage(mode="required"))
+    app = protect(Starlette(routes=[WebSocketRoute("/ws", WebsocketMCP(server))]), chain, server=server)
+    key = DPoPKey.generate()
+    token = bound(issuer, key, "erin")
+    with BackgroundServer(app, on_stop=[chain.aclose]) as srv:
+        url = srv.url.replace("http", "ws") + "/ws"
+        headers = key.headers("GET", url, token)
+        async with connect(url, subprotocols=["mcp"], additional_headers=headers) as ws:  # type: ignore[list-item]
+            assert "result" in await exchange(ws, INITIALIZE)
+            await ws.send(json.dumps(INITIALIZED))
+            first = await exchange(ws, rpc("tools/call", {"name": "echo", "arguments": {"text": "a"}}, id=2))
+            second = await exchange(ws, rpc("tools/call", {"name": "echo", "arguments": {"text": "b"}}, id=3))
+        with pytest.raises(Exception, match="401"):
+            async with connect(url, subprotocols=["mcp"], additional_headers=headers):  # type: ignore[list-item]
+                pass  # the same handshake proof again is a replay
+    assert first["result"]["content"][0]["text"] == "a" and second["result"]["content"][0]["text"] == "b"
+    assert ran == ["echo", "echo"]

@@ -18,6 +18,7 @@ from typing import Any
 
 from fastapps_auth.chain import VerifierChain
 from fastapps_auth.integrations.asgi.context import RequestScopedVerifier, current_decision, request_decision
+from fastapps_auth.integrations.asgi.needs import without_dpop
 from fastapps_auth.integrations.asgi.tools import ToolResolver
 from fastapps_auth.integrations.quiet_import import quiet_fastmcp_import
 from fastapps_auth.request import RequestInfo
@@ -136,7 +137,7 @@ class ToolRules(Middleware):  # type: ignore[misc, unused-ignore]
     def __init__(self, chain: VerifierChain, resolve: ToolResolver) -> None:
         self.chain = chain
         self.resolve = resolve
-        self._proven = _without_dpop(chain)
+        self._proven = without_dpop(chain)
 
     async def on_call_tool(self, context: Any, call_next: Any) -> Any:
         if not _over_http():
@@ -156,16 +157,6 @@ class ToolRules(Middleware):  # type: ignore[misc, unused-ignore]
         if not decided.allowed:
             raise _authorization_error(decided.scope, decided.description or "not authorized")
         return await call_next(context)
-
-
-def _without_dpop(chain: VerifierChain) -> VerifierChain:
-    """``chain`` without its ``dpop`` stages (same stages otherwise, same observers), or ``chain`` if it has none."""
-    from fastapps_auth.stages.dpop import DPoPStage
-
-    stages = [s for s in chain.stages if not isinstance(s, DPoPStage)]
-    if len(stages) == len(chain.stages):
-        return chain
-    return VerifierChain(*stages, observers=chain.observers, clock=chain.clock, name=chain.name)
 
 
 def _over_http() -> bool:

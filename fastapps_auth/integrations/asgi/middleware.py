@@ -25,7 +25,7 @@ from fastapps_auth.integrations.asgi.client import client_ip, parse_networks, pe
 from fastapps_auth.integrations.asgi.context import STATE_KEY, RequestDecision, request_decision
 from fastapps_auth.integrations.asgi.headers import RequestHeaders, credentials, public_url, read_headers
 from fastapps_auth.integrations.asgi.metadata import metadata_url
-from fastapps_auth.integrations.asgi.needs import ChainNeeds
+from fastapps_auth.integrations.asgi.needs import ChainNeeds, without_dpop
 from fastapps_auth.integrations.asgi.paths import PathRules, is_preflight
 from fastapps_auth.integrations.asgi.refusals import (
     body_refusal,
@@ -125,6 +125,7 @@ class ChainAuthMiddleware:
         self.anonymous_may: Callable[[RequestInfo], bool] | None = anonymous if callable(anonymous) else None
         self.needs = ChainNeeds(chain)
         self._dpop = bool(self.needs.dpop_algorithms)
+        self._frames_chain = without_dpop(chain)
         self.trusted = parse_networks(trusted_proxies)
         self.max_body_bytes = max_body_bytes
         self.resolve_tool = resolve_tool
@@ -181,6 +182,7 @@ class ChainAuthMiddleware:
         target: RpcTarget,
         headers: RequestHeaders | None = None,
         found: tuple[str, str] | None = None,
+        chain: VerifierChain | None = None,
     ) -> tuple[Decision | None, RequestInfo]:
         """The decision for one message (a body, a websocket frame), and the request it was made for.
 
@@ -198,13 +200,14 @@ class ChainAuthMiddleware:
                 logger.warning("resolving the called tool failed (%s); refusing with 503", type(exc).__name__)
                 rejected = lookup_failed()
         info = self.request_info(scope, target, tool, headers, found)
+        chain = chain if chain is not None else self.chain
         if token is None:
             if rejected is None and self.anonymous_may is not None and not self.anonymous_may(info):
-                return await self.chain.evaluate("", request=info), info  # this request needs a token
-            return (None if rejected is None else refuse_anonymous(self.chain, info, rejected)), info
+                return await chain.evaluate("", request=info), info  # this request needs a token
+            return (None if rejected is None else refuse_anonymous(chain, info, rejected)), info
         if rejected is None:
-            return await self.chain.evaluate(token, request=info), info
-        return await refuse_after_checking(self.chain, token, info, rejected), info
+            return await chain.evaluate(token, request=info), info
+        return await refuse_after_checking(chain, token, info, rejected), info
 
     async def _tool(self, target: RpcTarget) -> str | None:
         """The called tool's name as the host knows it (as sent, without a resolver)."""
@@ -278,10 +281,15 @@ class ChainAuthMiddleware:
             request_decision.reset(held)
 
     def _message_decider(self, scope: Scope, token: str) -> DecideMessage:
-        """How each message of a websocket connection is decided: as a request with the handshake's token."""
+        """How each message of a websocket connection is decided: as a request with the handshake's token.
+
+        The handshake proved possession of a DPoP-bound token for the connection; its one proof is not
+        checked again for each message (it would be a replay), the rest of the chain is.
+        """
+        chain = self._frames_chain
 
         async def decide(target: RpcTarget) -> Decision | None:
-            decision, _ = await self.decide(token, scope, target)
+            decision, _ = await self.decide(token, scope, target, chain=chain)
             if decision is not None and self.on_decision is not None:
                 self.on_decision(scope, decision)
             return self.needs.for_client(decision) if decision is not None else None

@@ -20,6 +20,20 @@ from fastapps_auth.stages.scopes import ScopesStage
 ScopesFor = Callable[[RequestInfo | None], Sequence[str]]
 
 
+def without_dpop(chain: VerifierChain) -> VerifierChain:
+    """``chain`` without its ``dpop`` stages (same stages otherwise, same observers), or ``chain`` if it has none.
+
+    For deciding again within a request (or a websocket connection) the middleware already allowed: its
+    proof of possession is verified, and the same proof checked a second time would be a replay.
+    """
+    from fastapps_auth.stages.dpop import DPoPStage
+
+    stages = [s for s in chain.stages if not isinstance(s, DPoPStage)]
+    if len(stages) == len(chain.stages):
+        return chain
+    return VerifierChain(*stages, observers=chain.observers, clock=chain.clock, name=chain.name)
+
+
 def _scopes_stage(stage: ScopesStage) -> ScopesFor:
     options = stage.options
     required = tuple(options.required)
