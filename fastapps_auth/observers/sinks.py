@@ -45,9 +45,9 @@ class Sink(Protocol):
 
 
 class LoggingSink:
-    """One ``logger.log`` call per event, its message the rendered event.
+    """One record per event on ``logger``, its message the rendered event.
 
-    Each record is made by ``logging`` itself, so every field it computes per record is this
+    Each record is made by the logger's own ``makeRecord``, so every field it computes per record is this
     record's own: the time, the thread, ``taskName`` (Python 3.12+), and whatever a
     ``logging.setLogRecordFactory`` hook adds (OpenTelemetry's trace and span ids).
     """
@@ -60,7 +60,9 @@ class LoggingSink:
         return self.logger.isEnabledFor(level)
 
     def emit(self, level: int, event: EventDict) -> None:
-        self.logger.log(level, self._render(event))
+        # makeRecord + handle is logger.log minus findCaller's stack walk: the caller is always this line.
+        logger = self.logger
+        logger.handle(logger.makeRecord(logger.name, level, __file__, 0, self._render(event), (), None))
 
     def flush(self) -> None:
         """Nothing is buffered here (handlers flush themselves)."""

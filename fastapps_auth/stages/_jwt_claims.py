@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from fastapps_auth.access_token import AccessToken
-from fastapps_auth.endpoints import canonical_resource
 from fastapps_auth.errors import Rejected
+from fastapps_auth.stages._audience import AudienceRule
 
 _MISSING: Any = object()
 #: Time claims beyond this (either way) are not times: an integer would lose precision as a float,
@@ -24,21 +24,18 @@ _SCOPE_CLAIMS = ("scope", "scp", "permissions")
 class ClaimRules:
     """What a payload must hold; ``check`` returns the ``AccessToken``, its deadline and the scopes it lacks."""
 
-    __slots__ = ("audiences", "issuer", "leeway", "required", "resource")
+    __slots__ = ("audience", "issuer", "leeway", "required")
 
     def __init__(
         self,
         *,
         issuer: str | None,
-        audiences: frozenset[str] | None,
+        audience: AudienceRule,
         required_scopes: tuple[str, ...],
         leeway: float,
     ) -> None:
         self.issuer = issuer
-        #: Configured audiences, compared exactly; ``None``: none configured.
-        self.audiences = audiences
-        #: The canonical resource URL the stage is bound to, used when no audience is configured.
-        self.resource: str | None = None
+        self.audience = audience
         self.required = required_scopes
         self.leeway = leeway
 
@@ -62,7 +59,7 @@ class ClaimRules:
                 raise Rejected("missing_claim", "the token has no iss claim")
             if iss != self.issuer:
                 raise Rejected("wrong_issuer", "the token was issued by another issuer")
-        resource = self._audience(p) if self.audiences is not None or self.resource is not None else None
+        resource = self.audience.match(p) if self.audience.checks else None
         sub = p.get("sub", _MISSING)
         if sub is _MISSING:
             raise Rejected("missing_claim", "the token has no sub claim")
@@ -86,31 +83,6 @@ class ClaimRules:
             claims=p,
         )
         return at, exp + leeway, missing
-
-    def _audience(self, p: dict[str, Any]) -> str:
-        """The token's audience that is this server's: a configured one, else the bound resource URL."""
-        aud = p.get("aud", _MISSING)
-        if aud is _MISSING:
-            raise Rejected("missing_claim", "the token has no aud claim")
-        values = [aud] if type(aud) is str else aud
-        if type(values) is list:
-            for a in values:
-                if type(a) is not str:
-                    break
-            else:
-                return self._matching(values)
-        raise Rejected("bad_claim", "the token's aud claim is not a string or list of strings")
-
-    def _matching(self, values: list[str]) -> str:
-        if self.audiences is not None:
-            for a in values:
-                if a in self.audiences:
-                    return a
-        else:
-            for a in values:
-                if canonical_resource(a) == self.resource:
-                    return a
-        raise Rejected("wrong_audience", "the token is not meant for this audience")
 
 
 def _time(p: dict[str, Any], name: str) -> float | None:

@@ -28,9 +28,10 @@ from fastapps_auth.backends.jwks.keys import (
 from fastapps_auth.backends.token_cache import VerifiedTokenCache
 from fastapps_auth.clock import Clock
 from fastapps_auth.component import ComponentOptions
-from fastapps_auth.endpoints import canonical_resource, check_url
+from fastapps_auth.endpoints import check_url
 from fastapps_auth.errors import ConfigError, Rejected, TransientError, insufficient_scope
 from fastapps_auth.stage import Stage, Verification
+from fastapps_auth.stages._audience import AudienceRule, configured_audiences
 from fastapps_auth.stages._jwt_claims import ClaimRules
 from fastapps_auth.stages._jwt_compact import Malformed, decode, json_object, split
 from fastapps_auth.stages._jwt_options import DEFAULT_ALGORITHMS, JWTOptions
@@ -65,16 +66,13 @@ class JWTVerifier(Stage[JWTOptions]):
         super().__init__(options, clock=clock, **kwargs)
         o = self.options
         self._algorithms = self._check_algorithms(o)
-        audiences = [o.audience] if isinstance(o.audience, str) else list(o.audience or [])
-        if o.audience is not None and (not audiences or not all(audiences)):
-            raise ConfigError("audience must be a non-empty string or list of strings", stage=self.name, key="audience")
+        self._audience = AudienceRule(configured_audiences(o.audience, stage=self.name))
         self._rules = ClaimRules(
             issuer=o.issuer_url,
-            audiences=frozenset(audiences) if o.audience is not None else None,
+            audience=self._audience,
             required_scopes=tuple(dict.fromkeys(o.required_scopes)),
             leeway=float(o.leeway),
         )
-        self._audience_unchecked_warned = False
         self._max_len = o.max_token_bytes
         self._typ = _norm_typ(o.require_typ) if o.require_typ else None
         self._cache = (
@@ -210,8 +208,8 @@ class JWTVerifier(Stage[JWTOptions]):
                 v.access_token = hit.access_token
                 return
         v.cache_hit = False
-        if not self._audience_unchecked_warned:
-            self._warn_if_audience_unchecked()
+        if not self._audience.warned:
+            self._audience.warn_if_unchecked(logger, "jwt", self.name)
         token = v.token
         alg, kid, sig, payload, signing_input = self._parse(token)
         source = self._source
@@ -304,24 +302,8 @@ class JWTVerifier(Stage[JWTOptions]):
         Compared canonically (scheme and host case-insensitive, default port and trailing slash
         ignored). Tokens cached before the binding are forgotten: they were accepted without it.
         """
-        if self._rules.audiences is not None:
-            return  # an explicit audience wins
-        if not isinstance(resource_url, str) or not resource_url:
-            raise ConfigError("the resource URL must be a non-empty string", stage=self.name, key="resource_url")
-        self._rules.resource = canonical_resource(resource_url)
-        self.clear_cache()
-
-    def _warn_if_audience_unchecked(self) -> None:
-        """Once per stage, at start or its first token: neither an audience nor a bound resource URL."""
-        if self._audience_unchecked_warned:
-            return
-        self._audience_unchecked_warned = True
-        if self._rules.audiences is None and self._rules.resource is None:
-            logger.warning(
-                "jwt stage %r checks no audience: a token its issuer minted for any other API is accepted here "
-                "(set audience, e.g. this server's resource URL, or serve it through an integration that binds it)",
-                self.name,
-            )
+        if self._audience.bind(resource_url, stage=self.name):
+            self.clear_cache()
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -333,7 +315,7 @@ class JWTVerifier(Stage[JWTOptions]):
         """
         if self.closed:
             return
-        self._warn_if_audience_unchecked()
+        self._audience.warn_if_unchecked(logger, "jwt", self.name)
         await self._source.start()
 
     async def probe(self) -> None:

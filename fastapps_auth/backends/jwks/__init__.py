@@ -6,10 +6,11 @@
 
 from __future__ import annotations
 
+from fastapps_auth.backends.discovery import discovery_urls
 from fastapps_auth.backends.http_json import FetchError
 from fastapps_auth.backends.jwks.keys import KeyImportError, VerifyKey
 from fastapps_auth.backends.jwks.keyset import MAX_JWKS_ENTRIES, MAX_KEYS, KeySet, parse_jwks
-from fastapps_auth.backends.jwks.source import KeySource, RemoteKeySource, cache_ttl, discovery_urls, static_source
+from fastapps_auth.backends.jwks.source import KeySource, RemoteKeySource, cache_ttl, static_source
 
 __all__ = [
     "MAX_JWKS_ENTRIES",

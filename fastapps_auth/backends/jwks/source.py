@@ -17,30 +17,20 @@ import contextlib
 import logging
 import random as _random
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
+from fastapps_auth.backends.discovery import discover_endpoint
 from fastapps_auth.backends.http_json import FetchError, JSONClient
 from fastapps_auth.backends.jwks.keys import VerifyKey
 from fastapps_auth.backends.jwks.keyset import KeySet, parse_jwks
 from fastapps_auth.clock import Clock
-from fastapps_auth.endpoints import check_url, is_loopback
 from fastapps_auth.errors import TransientError
 
 logger = logging.getLogger("fastapps_auth.jwks")
 
 _MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*\"?(\d+)\"?\s*(?:,|$)", re.IGNORECASE)
 _NO_CACHE = re.compile(r"\bno-(?:store|cache)\b", re.IGNORECASE)
-
-
-def discovery_urls(issuer: str) -> list[str]:
-    """OIDC discovery (issuer + path), then RFC 8414 (well-known inserted before the issuer's path)."""
-    parts = urlsplit(issuer)
-    path = parts.path.rstrip("/")
-    oidc = urlunsplit((parts.scheme, parts.netloc, f"{path}/.well-known/openid-configuration", "", ""))
-    rfc8414 = urlunsplit((parts.scheme, parts.netloc, f"/.well-known/oauth-authorization-server{path}", "", ""))
-    return [oidc, rfc8414]
 
 
 def cache_ttl(cache_control: str | None, *, default: float, minimum: float, maximum: float) -> float:
@@ -243,30 +233,10 @@ class RemoteKeySource(KeySource):
 
     async def _discover(self) -> str:
         assert self.issuer is not None
-        last: Exception | None = None
-        for url in discovery_urls(self.issuer):
-            try:
-                meta = (await self.http.get(url)).data
-            except FetchError as exc:
-                last = exc
-                continue
-            if not isinstance(meta, Mapping):
-                raise FetchError(f"{url}: metadata is not a JSON object")
-            if meta.get("issuer") != self.issuer:
-                raise FetchError(f"{url}: metadata issuer does not equal the configured issuer")
-            uri = meta.get("jwks_uri")
-            if not isinstance(uri, str):
-                raise FetchError(f"{url}: metadata has no jwks_uri")
-            try:
-                self.jwks_uri = check_url(
-                    uri,
-                    allow_insecure_http=self.allow_insecure_http,
-                    loopback_http=is_loopback(urlsplit(self.issuer).hostname),
-                )
-            except ValueError as exc:
-                raise FetchError(f"{url}: jwks_uri {exc}") from None
-            return self.jwks_uri
-        raise FetchError(f"discovery failed for {self.issuer}: {last}")
+        self.jwks_uri = await discover_endpoint(
+            self.http, self.issuer, "jwks_uri", allow_insecure_http=self.allow_insecure_http
+        )
+        return self.jwks_uri
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
