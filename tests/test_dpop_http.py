@@ -233,3 +233,21 @@ async def test_a_websocket_opened_with_dpop_checks_its_one_proof_once(issuer: Ru
                 pass  # the same handshake proof again is a replay
     assert first["result"]["content"][0]["text"] == "a" and second["result"]["content"][0]["text"] == "b"
     assert ran == ["echo", "echo"]
+
+
+def test_an_opaque_dpop_bound_token_from_introspection(issuer: RunningIssuer) -> None:
+    """``cnf.jkt`` from the introspection response binds an opaque token as a JWT's claim does."""
+    from tests.support.introspection import opaque_issuer, stage
+
+    key = DPoPKey.generate()
+    with opaque_issuer(audience=AUDIENCE) as opaque:
+        chain = VerifierChain(stage(opaque), DPoPStage())
+        app = Starlette(routes=[Route("/mcp", whoami, methods=["POST"])])
+        app.add_middleware(ChainAuthMiddleware, chain=chain)
+        token = opaque.mint_opaque("frank", claims={"cnf": key.cnf})
+        with BackgroundServer(app, lifespan="off", on_stop=[chain.aclose]) as srv, httpx.Client(timeout=10) as http:
+            url = srv.url + "/mcp"
+            ok = http.post(url, headers=key.headers("POST", url, token))
+            as_bearer = http.post(url, headers={"Authorization": f"Bearer {token}"})
+    assert ok.status_code == 200 and ok.json() == {"sub": "frank"}
+    assert as_bearer.status_code == 401 and "must be sent with the DPoP scheme" in as_bearer.json()["error_description"]
