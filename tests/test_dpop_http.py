@@ -235,7 +235,7 @@ async def test_a_websocket_opened_with_dpop_checks_its_one_proof_once(issuer: Ru
     assert ran == ["echo", "echo"]
 
 
-def test_an_opaque_dpop_bound_token_from_introspection(issuer: RunningIssuer) -> None:
+def test_an_opaque_dpop_bound_token_from_introspection() -> None:
     """``cnf.jkt`` from the introspection response binds an opaque token as a JWT's claim does."""
     from tests.support.introspection import opaque_issuer, stage
 
