@@ -28,6 +28,7 @@ _BODY_REFUSALS = {
     body.UNDECODED: ("the body has a Content-Encoding the server does not decode", 400),
     body.TOO_LARGE: ("the body is too large", 413),
     body.BATCHED_CALL: ("tools/call cannot be batched", 400),
+    body.HEADER_MISMATCH: ("the Mcp-Method or Mcp-Name header does not match the body", 400),
 }
 
 
