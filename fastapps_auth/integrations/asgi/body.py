@@ -16,6 +16,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Message, Receive, Scope
 
 from fastapps_auth.request import MAX_RPC_NAME_CHARS
+from fastapps_auth.strict_json import reject_constant
 
 #: JSON-RPC bodies (and websocket frames) are read up to this size by default; more is refused with 413.
 DEFAULT_MAX_BODY = 1024 * 1024
@@ -111,12 +112,8 @@ def _bounded_int(literal: str) -> int:
     return int(literal)
 
 
-def _no_constant(literal: str) -> Any:
-    raise ValueError(f"{literal} is not JSON")
-
-
 #: The decoder of JSON-RPC bodies, built once (``json.loads`` with hooks builds a decoder per call).
-_DECODER = json.JSONDecoder(parse_int=_bounded_int, parse_constant=_no_constant)
+_DECODER = json.JSONDecoder(parse_int=_bounded_int, parse_constant=reject_constant)
 
 
 def _too_deep(value: Any) -> bool:
