@@ -22,8 +22,9 @@ class RequestInfo(NamedTuple):
     dataclass's cost), like ``Decision``. ``info._replace(tool_name=...)`` makes a changed copy.
 
     ``url`` is the request's public URL without query or fragment (as the client addressed it, behind
-    trusted proxies too); ``auth_scheme`` the lower-case scheme of the ``Authorization`` header
-    (``bearer``, ``dpop``); ``dpop_proofs`` every ``DPoP`` header value, in order (RFC 9449 wants one).
+    trusted proxies too), filled in by the middleware when the chain has a ``dpop`` stage, the stage that
+    reads it; ``auth_scheme`` the lower-case scheme of the ``Authorization`` header (``bearer``,
+    ``dpop``); ``dpop_proofs`` every ``DPoP`` header value, in order (RFC 9449 wants one).
     """
 
     method: str | None = None

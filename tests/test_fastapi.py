@@ -99,6 +99,7 @@ async def test_refusals_are_the_middlewares(both: tuple[str, str], mint: Minter)
         ("/me", mint.expired()),  # 401 invalid_token
         ("/me", mint.tampered()),
         ("/admin", alice),  # 403 insufficient_scope
+        ("/admin", mint.expired()),  # 401 invalid_token naming the scope the route needs
         ("/limited", alice),  # 200 with RateLimit-* ...
         ("/limited", alice),  # ... then 429
         ("/down", alice),  # 503
@@ -116,7 +117,7 @@ async def test_refusals_are_the_middlewares(both: tuple[str, str], mint: Minter)
         for path, token in cases:
             headers = {"Authorization": f"Bearer {token}"} if token else {}
             statuses.append((await http.get(dependency + path, headers=headers)).status_code)
-    assert statuses == [401, 401, 401, 403, 429, 429, 503]  # the limit of 1 was used by the first round
+    assert statuses == [401, 401, 401, 403, 401, 429, 429, 503]  # the limit of 1 was used by the first round
 
 
 async def test_each_refusal_says_why(both: tuple[str, str], mint: Minter) -> None:

@@ -16,7 +16,7 @@ from fastapps_auth import VerifierChain
 from fastapps_auth.integrations.fastapps import WidgetMCPServer
 from fastapps_auth.integrations.mcp import protect
 from fastapps_auth.integrations.starlette import current_access_token
-from tests.hosts.support import INITIALIZE, ISSUER, MCP_HEADERS, RESOURCE, AsyncServer, Issuer, jwt_stage, rpc
+from tests.hosts.support import INITIALIZE, ISSUER, MCP_HEADERS, RESOURCE, AsyncServer, Issuer, jwt_stage, raw, rpc
 from tests.support.mcp_client import call
 from tests.support.widgets import NoInput, Protected, Public, build
 
@@ -51,11 +51,11 @@ async def test_anonymous_allow_keeps_undecorated_widgets_behind_auth() -> None:
     server, chain = widget_server(issuer, anonymous="allow")
     async with AsyncServer(server.get_app()) as srv:
         public = await call(srv.url, None, "public")
-        undecorated = await call(srv.url, None, "undecorated")
+        undecorated = await raw(srv.url, None, rpc("tools/call", {"name": "undecorated", "arguments": {}}))
         with_token = await call(srv.url, issuer.mint("alice"), "undecorated")
     await chain.aclose()
     assert public.structuredContent == {"authenticated": False}
-    assert undecorated.isError and "Authentication required" in undecorated.content[0].text
+    assert undecorated.status_code == 401  # refused before the widget runs, with a challenge to sign in
     assert with_token.structuredContent == {"subject": "alice"}
 
 

@@ -176,19 +176,30 @@ async def test_http_semantics_of_rejections(issuer: Issuer, users_dsn: str, pg_p
     assert metadata.json()["authorization_servers"] == [ISSUER]
 
 
-async def test_widget_scopes_are_fastapps_tool_errors(issuer: Issuer, users_dsn: str) -> None:
+async def test_widget_scopes_are_refused_at_the_http_layer(issuer: Issuer, users_dsn: str) -> None:
+    """A widget's ``@auth_required(scopes=[...])`` is a 403 naming the scope, as a scopes-stage rule is."""
     server, chain = make_server(issuer, users_dsn)
     token = issuer.mint("alice", scope="read")
     async with AsyncServer(server.get_app()) as srv:
-        admin = await call(srv.url, token, "admin_panel")
+        admin = await raw(srv.url, token, rpc("tools/call", {"name": "admin_panel", "arguments": {}}))
         public = await call(srv.url, token, "public")
         flexible = await call(srv.url, token, "flexible")
         protected = await call(srv.url, token, "protected")
+        whoami = await call(srv.url, token, "whoami")
     await chain.aclose()
-    assert admin.isError and "Missing required scopes: admin" in admin.content[0].text
+    assert admin.status_code == 403
+    www = admin.headers["www-authenticate"]
+    assert www.startswith('Bearer error="insufficient_scope"') and 'scope="admin"' in www
+    assert f'resource_metadata="{META}"' in www
+    assert admin.json() == {
+        "error": "insufficient_scope",
+        "error_description": "the token lacks the required scope: admin",
+        "scope": "admin",
+    }
     assert public.structuredContent == {"authenticated": True}
     assert flexible.structuredContent == {"tier": "premium"}
     assert protected.structuredContent == {"subject": "alice"}
+    assert whoami.structuredContent["subject"] == "alice"
 
 
 async def test_anonymous_allowed_serves_public_widgets_only(issuer: Issuer, users_dsn: str) -> None:
@@ -196,12 +207,18 @@ async def test_anonymous_allowed_serves_public_widgets_only(issuer: Issuer, user
     async with AsyncServer(server.get_app()) as srv:
         public = await call(srv.url, None, "public")
         flexible = await call(srv.url, None, "flexible")
-        protected = await call(srv.url, None, "protected")
+        protected = await raw(srv.url, None, rpc("tools/call", {"name": "protected", "arguments": {}}))
+        whoami = await raw(srv.url, None, rpc("tools/call", {"name": "whoami", "arguments": {}}))
         bad = await raw(srv.url, "not-a-jwt")
     await chain.aclose()
     assert public.structuredContent == {"authenticated": False}
     assert flexible.structuredContent == {"tier": "basic"}
-    assert protected.isError and "Authentication required" in protected.content[0].text
+    # A widget that requires authentication is refused before it runs, with a challenge to sign in.
+    assert protected.status_code == 401
+    assert protected.headers["www-authenticate"] == f'Bearer resource_metadata="{META}"'
+    assert whoami.status_code == 401
+    assert whoami.headers["www-authenticate"] == f'Bearer scope="read", resource_metadata="{META}"'
+    assert whoami.json() == {"error_description": "authentication required", "scope": "read"}
     assert bad.status_code == 401
 
 
@@ -234,14 +251,14 @@ def test_construction_matches_fastapps_signature(issuer: Issuer) -> None:
         global_resource_domains=["https://cdn.example.com"],
     )
     assert server.server_requires_auth
-    # the server's chain is the given one with `auth_required_scopes` as its last stage, built once
+    # the server's chain is the given one with the server's and the widgets' scopes as its last stage, built once
     assert server.chain is not None and server.chain.stages[:-1] == chain.stages
-    assert server.chain.stages[-1].plugin_name == "scopes" and server.chain.stages[-1].name == "required-scopes"
-    unscoped = WidgetMCPServer("w", [build(WhoAmI)], auth_issuer_url=ISSUER, token_verifier=chain)
+    assert server.chain.stages[-1].plugin_name == "widget-scopes"
+    unscoped = WidgetMCPServer("w", [build(Public)], auth_issuer_url=ISSUER, token_verifier=chain)
     assert unscoped.chain is chain
     assert "https://cdn.example.com" in (server.widgets_by_id["whoami"].widget_csp or {})["resource_domains"]
-    built = WidgetMCPServer("w", [build(WhoAmI)], auth_issuer_url=ISSUER, auth_resource_server_url=RESOURCE)
+    built = WidgetMCPServer("w", [build(Protected)], auth_issuer_url=ISSUER, auth_resource_server_url=RESOURCE)
     assert built.chain is not None and [s.plugin_name for s in built.chain.stages] == ["jwt"]
     scoped = WidgetMCPServer("w", [build(WhoAmI)], auth_issuer_url=ISSUER, auth_required_scopes=["read"])
-    assert scoped.chain is not None and [s.plugin_name for s in scoped.chain.stages] == ["jwt", "scopes"]
+    assert scoped.chain is not None and [s.plugin_name for s in scoped.chain.stages] == ["jwt", "widget-scopes"]
     assert scoped.server_auth_scopes == ["read"]

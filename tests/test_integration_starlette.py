@@ -314,11 +314,14 @@ async def test_cors_is_explicit(auth: TableAuth) -> None:
             headers={
                 "Origin": "https://chatgpt.com",
                 "Access-Control-Request-Method": "POST",
-                "Access-Control-Request-Headers": "authorization",
+                "Access-Control-Request-Headers": "authorization, dpop, mcp-method, mcp-name",
             },
         )
         evil = await c.get("/mcp", headers={**bearer("bad"), "Origin": "https://evil.example"})
+        refused = await c.get("/mcp", headers={**bearer("bad"), "Origin": "https://chatgpt.com"})
     assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == "https://chatgpt.com"
+    # a browser client reads the challenge and a DPoP nonce, and sends DPoP proofs and the mirrored headers
+    assert "DPoP-Nonce" in refused.headers["access-control-expose-headers"]
     assert "access-control-allow-origin" not in evil.headers
     with pytest.raises(ValueError, match="explicitly"):
         cors_middleware(["*"])

@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from fastapps_auth.backends.ttl_cache import TTLCache
@@ -31,6 +31,8 @@ def inflight(cache: TTLCache[str, Any]) -> int:
 
 @settings(max_examples=120, deadline=None)
 @given(ops=OPS, bound=st.integers(1, 4))
+# A TTL so small that now + ttl == now: the entry is expired at once, stored nowhere and evicts nothing.
+@example(ops=[("set", "a", 0, 1.0), ("set", "c", 0, 1.0), ("set", "b", 0, 3.9e-245), ("get", "a")], bound=2)
 def test_matches_a_reference_model(ops: list[tuple[object, ...]], bound: int) -> None:
     """Expiry and invalidation as a dict model; when full, expired entries go first, then the least recently used."""
     clock = ManualClock()
@@ -42,8 +44,8 @@ def test_matches_a_reference_model(ops: list[tuple[object, ...]], bound: int) ->
             _, key, value, ttl = op
             assert isinstance(key, str) and isinstance(value, int) and isinstance(ttl, float)
             cache.set(key, value, ttl)
-            if ttl > 0:
-                now = clock.monotonic()
+            now = clock.monotonic()
+            if now + ttl > now:
                 model.pop(key, None)
                 for k in [k for k, (expires, _) in model.items() if expires <= now]:
                     del model[k]

@@ -73,7 +73,7 @@ class TTLCache(Generic[K, V]):
             return False, None
 
     def set(self, key: K, value: V, ttl: float) -> None:
-        """Store ``value`` for ``ttl`` seconds (``ttl <= 0`` stores nothing)."""
+        """Store ``value`` for ``ttl`` seconds (a ``ttl`` that ends no later than now stores nothing)."""
         if ttl > 0:
             self._entries[key] = (value, ttl)
 

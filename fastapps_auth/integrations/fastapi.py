@@ -111,7 +111,7 @@ class ChainAuth(HTTPBearer):
             if decision.allowed and decision.rate_limit is not None:  # the middleware adds them, when it decided
                 response.raw_headers.extend(rate_limit_headers(decision.rate_limit))
         if not decision.allowed or decision.access_token is None:
-            raise Refused(*self.middleware.on_error(decision))
+            raise Refused(*self.middleware.on_error(self.middleware.needs.for_client(decision)))
         return decision.access_token
 
     async def _decide(self, scope: Scope, token: str | None) -> Decision:

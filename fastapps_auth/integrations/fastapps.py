@@ -11,10 +11,9 @@ pinned in the ``fastapps`` extra.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from fastapps.core.server import WidgetMCPServer as _FastAppsServer
 from mcp import types
 from mcp.server.auth.provider import AccessToken
 
@@ -23,9 +22,17 @@ from fastapps_auth.component import ComponentOptions
 from fastapps_auth.errors import Rejected
 from fastapps_auth.integrations.asgi.context import RequestScopedVerifier, current_access_token
 from fastapps_auth.integrations.asgi.cors import cors_middleware
-from fastapps_auth.integrations.asgi.middleware import ChainAuthMiddleware, with_required_scopes
+from fastapps_auth.integrations.asgi.metadata import metadata_routes, metadata_url, resource_metadata
+from fastapps_auth.integrations.asgi.middleware import ChainAuthMiddleware
+from fastapps_auth.integrations.asgi.needs import ChainNeeds
 from fastapps_auth.integrations.asgi.tools import exact_names
+from fastapps_auth.integrations.quiet_import import quiet_fastmcp_import
+from fastapps_auth.integrations.widgets import WidgetRules
+from fastapps_auth.scope_policy import ScopePolicy, Strategy
 from fastapps_auth.stage import Stage, StageOptions, Verification
+
+with quiet_fastmcp_import():  # FastApps imports fastmcp
+    from fastapps.core.server import WidgetMCPServer as _FastAppsServer
 
 if TYPE_CHECKING:
     from fastapps.core.widget import BaseWidget
@@ -54,18 +61,20 @@ class VerifierStage(Stage[StageOptions]):
         v.access_token = at
 
 
-def _as_chain(
-    verifier: Any, issuer_url: str | None, audience: str | None, required_scopes: list[str]
-) -> VerifierChain | None:
+def _as_chain(verifier: Any, issuer_url: str | None, audience: str | None, rules: WidgetRules) -> VerifierChain | None:
     """The chain to run: the one given, a given verifier wrapped, or a ``jwt`` stage for the issuer.
 
-    ``auth_required_scopes`` are its last stage (a ``scopes`` stage named ``required-scopes``), so the
-    decision the observers record is the one the client gets.
+    ``auth_required_scopes`` and the widgets' own scopes are its last stage (``WidgetRules``, named
+    ``widget-scopes``), so the decision the observers record is the one the client gets.
     """
     chain = _authenticating_chain(verifier, issuer_url, audience)
-    if chain is None or not required_scopes:
+    if chain is None or not (rules.server_scopes or any(_has_scopes(w) for w in rules.widgets.values())):
         return chain
-    return with_required_scopes(chain, required_scopes)
+    return VerifierChain(*chain.stages, rules, observers=chain.observers, clock=chain.clock, name=chain.name)
+
+
+def _has_scopes(widget: Any) -> bool:
+    return bool(getattr(widget, "_auth_scopes", None))
 
 
 def _authenticating_chain(verifier: Any, issuer_url: str | None, audience: str | None) -> VerifierChain | None:
@@ -112,7 +121,12 @@ class WidgetMCPServer(_FastAppsServer):  # type: ignore[misc, unused-ignore]
     Extra keyword arguments: ``cors_origins`` (opt-in CORS, explicit origins),
     ``trusted_proxies`` (CIDRs whose X-Forwarded-For is believed), ``anonymous``
     (``"allow"`` lets token-less requests reach ``@no_auth``/``@optional_auth``
-    widgets), ``path`` (the MCP endpoint, default ``/mcp``).
+    widgets), ``path`` (the MCP endpoint, default ``/mcp``), ``scope_strategy`` and
+    ``scope_implies`` (how granted scopes satisfy the server's and the widgets' scopes,
+    as in the ``scopes`` stage).
+
+    Each widget's ``@auth_required(scopes=[...])`` is enforced before it runs (403 naming the
+    scopes; see ``widgets.WidgetRules``), and the widget's own check still runs after.
     """
 
     def __init__(
@@ -131,6 +145,8 @@ class WidgetMCPServer(_FastAppsServer):  # type: ignore[misc, unused-ignore]
         trusted_proxies: Sequence[str] = (),
         anonymous: Literal["deny", "allow"] = "deny",
         path: str = "/mcp",
+        scope_strategy: Strategy = "exact",
+        scope_implies: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         from fastmcp import FastMCP
 
@@ -141,11 +157,20 @@ class WidgetMCPServer(_FastAppsServer):  # type: ignore[misc, unused-ignore]
         self.global_connect_domains = global_connect_domains or []
         self._configure_widget_csp(widgets)
 
-        self.chain = _as_chain(token_verifier, auth_issuer_url, auth_audience, list(auth_required_scopes or []))
+        authenticates = token_verifier is not None or auth_issuer_url is not None
+        self.widget_rules = WidgetRules(
+            self.widgets_by_id,
+            server_scopes=list(auth_required_scopes or []),
+            policy=ScopePolicy(scope_strategy, scope_implies),
+            anonymous=anonymous == "allow",
+            server_requires_auth=authenticates,
+        )
+        self.chain = _as_chain(token_verifier, auth_issuer_url, auth_audience, self.widget_rules)
         if self.chain is not None and auth_resource_server_url:
             self.chain.bind_resource(auth_resource_server_url)
         # FastApps' policy for undecorated widgets; ``anonymous="allow"`` opens only @no_auth/@optional_auth ones.
         self.server_requires_auth = self.chain is not None
+        self.name = name
         self.server_auth_scopes = list(auth_required_scopes or [])
         self.auth_issuer_url = auth_issuer_url
         self.auth_resource_server_url = auth_resource_server_url
@@ -167,6 +192,9 @@ class WidgetMCPServer(_FastAppsServer):  # type: ignore[misc, unused-ignore]
 
         async def call_tool(req: types.CallToolRequest) -> types.ServerResult:
             at = current_access_token() or self._token_from_request(server)
+            widget = self.widgets_by_id.get(req.params.name)
+            if widget is not None:
+                at = self.widget_rules.token_for(widget, at)
             result: types.ServerResult = await original(_RequestWithContext(req, at))
             return result
 
@@ -188,10 +216,7 @@ class WidgetMCPServer(_FastAppsServer):  # type: ignore[misc, unused-ignore]
         """The RFC 9728 metadata URL advertised in ``WWW-Authenticate``."""
         if not (self.auth_resource_server_url and self.auth_issuer_url):
             return None
-        from mcp.server.auth.routes import build_resource_metadata_url
-        from pydantic import AnyHttpUrl
-
-        return str(build_resource_metadata_url(AnyHttpUrl(self.auth_resource_server_url)))
+        return metadata_url(self.auth_resource_server_url)
 
     def get_app(self) -> Starlette:
         """The Starlette app: MCP endpoint behind the chain, RFC 9728 metadata, opt-in CORS."""
@@ -207,21 +232,21 @@ class WidgetMCPServer(_FastAppsServer):  # type: ignore[misc, unused-ignore]
                     chain=self.chain,
                     resource_metadata_url=self.resource_metadata_url,
                     paths=[self.path],
-                    anonymous=self.anonymous,
+                    # Anonymous requests reach all but the widgets that require authentication.
+                    anonymous=self.widget_rules.anonymous_may if self.anonymous == "allow" else "deny",
                     trusted_proxies=self.trusted_proxies,
                     resolve_tool=exact_names(self.widgets_by_id),  # FastApps calls the widget of that id
                 )
             )
         app: Starlette = self.mcp.http_app(path=self.path, stateless_http=True, middleware=middleware)
         if self.auth_resource_server_url and self.auth_issuer_url:
-            from mcp.server.auth.routes import create_protected_resource_routes
-            from pydantic import AnyHttpUrl
-
-            app.routes.extend(
-                create_protected_resource_routes(
-                    resource_url=AnyHttpUrl(self.auth_resource_server_url),
-                    authorization_servers=[AnyHttpUrl(self.auth_issuer_url)],
-                    scopes_supported=self.server_auth_scopes or None,
-                )
+            dpop = ChainNeeds(self.chain).dpop_algorithms if self.chain is not None else ()
+            document = resource_metadata(
+                self.auth_resource_server_url,
+                [self.auth_issuer_url],
+                scopes=self.server_auth_scopes,
+                resource_name=self.name,
+                dpop_algorithms=dpop,
             )
+            app.routes.extend(metadata_routes(document))
         return app

@@ -16,14 +16,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from fastmcp.server.auth import AccessToken as FastMCPAccessToken
-from fastmcp.server.auth import TokenVerifier
-from fastmcp.server.middleware import Middleware
-
 from fastapps_auth.chain import VerifierChain
 from fastapps_auth.integrations.asgi.context import RequestScopedVerifier, current_decision, request_decision
+from fastapps_auth.integrations.asgi.needs import without_dpop
 from fastapps_auth.integrations.asgi.tools import ToolResolver
+from fastapps_auth.integrations.quiet_import import quiet_fastmcp_import
 from fastapps_auth.request import RequestInfo
+
+with quiet_fastmcp_import():
+    from fastmcp.server.auth import AccessToken as FastMCPAccessToken
+    from fastmcp.server.auth import TokenVerifier
+    from fastmcp.server.middleware import Middleware
 
 __all__ = ["ChainTokenVerifier", "ToolRules", "as_fastmcp_verifier", "tool_resolver"]
 
@@ -134,6 +137,7 @@ class ToolRules(Middleware):  # type: ignore[misc, unused-ignore]
     def __init__(self, chain: VerifierChain, resolve: ToolResolver) -> None:
         self.chain = chain
         self.resolve = resolve
+        self._proven = without_dpop(chain)
 
     async def on_call_tool(self, context: Any, call_next: Any) -> Any:
         if not _over_http():
@@ -147,7 +151,9 @@ class ToolRules(Middleware):  # type: ignore[misc, unused-ignore]
         held = request_decision.get()
         token = held.token if held is not None else _token_of_request()
         info = (request or RequestInfo())._replace(mcp_method="tools/call", tool_name=tool)
-        decided = await self.chain.evaluate(token or "", request=info)
+        # The middleware allowed this request: its DPoP proof is verified, and checking it again would be a replay.
+        chain = self._proven if decision is not None and decision.allowed else self.chain
+        decided = await chain.evaluate(token or "", request=info)
         if not decided.allowed:
             raise _authorization_error(decided.scope, decided.description or "not authorized")
         return await call_next(context)

@@ -13,11 +13,14 @@ middleware already made for the request, so the chain runs once.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from fastapps_auth.chain import VerifierChain
+from fastapps_auth.integrations.asgi import metadata as asgi_metadata
 from fastapps_auth.integrations.asgi.context import RequestScopedVerifier
 from fastapps_auth.integrations.asgi.middleware import ChainAuthMiddleware
+from fastapps_auth.integrations.asgi.needs import ChainNeeds
 from fastapps_auth.integrations.asgi.tools import ToolResolver, exact_names
 
 __all__ = ["metadata_url", "protect", "token_verifier", "tool_resolver"]
@@ -32,16 +35,16 @@ def token_verifier(chain: VerifierChain, *, resource_url: str | None = None) -> 
 
 
 def metadata_url(resource_url: str) -> str:
-    """The RFC 9728 protected-resource metadata URL of ``resource_url`` (as the SDK builds it)."""
-    from mcp.server.auth.routes import build_resource_metadata_url
-    from pydantic import AnyHttpUrl
-
-    return str(build_resource_metadata_url(AnyHttpUrl(resource_url)))
+    """The RFC 9728 protected-resource metadata URL of ``resource_url`` (the well-known suffix before its path)."""
+    return asgi_metadata.metadata_url(resource_url)
 
 
 def _is_fastmcp(server: Any) -> bool:
+    from fastapps_auth.integrations.quiet_import import quiet_fastmcp_import
+
     try:
-        from fastmcp import FastMCP
+        with quiet_fastmcp_import():
+            from fastmcp import FastMCP
     except ImportError:  # pragma: no cover - FastMCP is not installed
         return False
     return isinstance(server, FastMCP)
@@ -65,18 +68,40 @@ def tool_resolver(server: Any) -> ToolResolver:
 
 
 def protect(
-    app: Any, chain: VerifierChain, *, server: Any = None, resource_url: str | None = None, **options: Any
+    app: Any,
+    chain: VerifierChain,
+    *,
+    server: Any = None,
+    resource_url: str | None = None,
+    authorization_servers: Sequence[str] | None = None,
+    resource_name: str | None = None,
+    **options: Any,
 ) -> Any:
     """Put ``ChainAuthMiddleware`` outermost on a Starlette ``app`` (before its first request) and return it.
 
     ``server``: the MCP server behind ``app`` (the SDK's ``FastMCP``/``MCPServer``, or FastMCP), so
     per-tool rules apply to the tool it resolves a called name to; for FastMCP 4 this also adds the
     ``ToolRules`` middleware to it. ``resource_url`` binds the chain to the server (RFC 8707) and
-    advertises its metadata. ``options`` are ``ChainAuthMiddleware``'s (``paths``, ``trusted_proxies``, ...).
+    advertises its metadata. With ``authorization_servers``, ``app`` serves our RFC 9728 metadata for
+    ``resource_url`` in place of the host's: URLs as written, ``scopes_supported`` the chain's server-wide
+    scopes, ``resource_name``, and the ``dpop`` stage's algorithms. ``options`` are ``ChainAuthMiddleware``'s
+    (``paths``, ``trusted_proxies``, ...).
     """
     if resource_url is not None:
         chain.bind_resource(resource_url)
         options.setdefault("resource_metadata_url", metadata_url(resource_url))
+    if authorization_servers is not None:
+        if resource_url is None:
+            raise ValueError("authorization_servers needs resource_url: the metadata describes that resource")
+        needs = ChainNeeds(chain)
+        document = asgi_metadata.resource_metadata(
+            resource_url,
+            authorization_servers,
+            scopes=needs.scopes(None),
+            resource_name=resource_name,
+            dpop_algorithms=needs.dpop_algorithms,
+        )
+        app.router.routes[:0] = asgi_metadata.metadata_routes(document)  # before the host's own
     if server is not None:
         resolve = tool_resolver(server)
         options.setdefault("resolve_tool", resolve)

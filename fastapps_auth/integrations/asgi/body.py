@@ -8,6 +8,7 @@ on it with a 500 and a traceback per request.
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any, NamedTuple
 
@@ -15,6 +16,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Message, Receive, Scope
 
 from fastapps_auth.request import MAX_RPC_NAME_CHARS
+from fastapps_auth.strict_json import reject_constant
 
 #: JSON-RPC bodies (and websocket frames) are read up to this size by default; more is refused with 413.
 DEFAULT_MAX_BODY = 1024 * 1024
@@ -30,12 +32,17 @@ UNREADABLE = "unreadable_body"
 UNDECODED = "unsupported_content_encoding"
 TOO_LARGE = "body_too_large"
 BATCHED_CALL = "batched_tool_call"
+HEADER_MISMATCH = "header_mismatch"
+#: The methods whose ``Mcp-Name`` header mirrors a member of ``params`` (2026-07-28 transport), and which.
+NAMED_PARAMS = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
 
 
 class RpcTarget(NamedTuple):
     """What a JSON-RPC message asks for: its method, the tool and arguments of a ``tools/call``.
 
-    ``refusal`` is set (one of the reasons above) when the message must not reach the app. A named
+    ``refusal`` is set (one of the reasons above) when the message must not reach the app. ``name`` is
+    what an ``Mcp-Name`` header mirrors (``params.name``, or ``params.uri`` of ``resources/read``); ``batch``
+    is set for a JSON-RPC batch (whose ``method`` is ``"batch"``). A named
     tuple: one is built per request, at a third of a frozen dataclass's cost.
     """
 
@@ -44,6 +51,8 @@ class RpcTarget(NamedTuple):
     arguments: Any = None
     request_id: Any = None
     refusal: str | None = None
+    name: Any = None
+    batch: bool = False
 
 
 NOT_RPC = RpcTarget()
@@ -103,12 +112,8 @@ def _bounded_int(literal: str) -> int:
     return int(literal)
 
 
-def _no_constant(literal: str) -> Any:
-    raise ValueError(f"{literal} is not JSON")
-
-
 #: The decoder of JSON-RPC bodies, built once (``json.loads`` with hooks builds a decoder per call).
-_DECODER = json.JSONDecoder(parse_int=_bounded_int, parse_constant=_no_constant)
+_DECODER = json.JSONDecoder(parse_int=_bounded_int, parse_constant=reject_constant)
 
 
 def _too_deep(value: Any) -> bool:
@@ -152,16 +157,50 @@ def rpc_message(data: bytes | str) -> RpcTarget:
         return RpcTarget(refusal=UNREADABLE)
     if isinstance(msg, list):
         calls = any(isinstance(m, dict) and m.get("method") == "tools/call" for m in msg)
-        return RpcTarget(method="batch", refusal=BATCHED_CALL if calls else None)
+        return RpcTarget(method="batch", refusal=BATCHED_CALL if calls else None, batch=True)
     if not isinstance(msg, dict):
         return NOT_RPC
     method = _name(msg.get("method"))
-    if method != "tools/call":
-        return RpcTarget(method=method, request_id=msg.get("id"))
     params = msg.get("params")
-    if not isinstance(params, dict):
+    if method not in NAMED_PARAMS or not isinstance(params, dict):
         return RpcTarget(method=method, request_id=msg.get("id"))
-    return RpcTarget(method, params.get("name"), params.get("arguments"), msg.get("id"))
+    name = params.get(NAMED_PARAMS[method])
+    if method != "tools/call":
+        return RpcTarget(method, None, None, msg.get("id"), None, name)
+    return RpcTarget(method, name, params.get("arguments"), msg.get("id"), None, name)  # positional: cheaper
+
+
+def _header_value(value: str) -> str | None:
+    """A mirrored header's value: as sent, or decoded from the ``=?base64?...?=`` form (``None``: undecodable)."""
+    value = value.strip()
+    if not (value.startswith("=?base64?") and value.endswith("?=")):
+        return value
+    try:
+        return base64.b64decode(value[9:-2], validate=True).decode("utf-8")
+    except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
+        return None
+
+
+def check_mirrors(target: RpcTarget, methods: tuple[str, ...], names: tuple[str, ...]) -> RpcTarget:
+    """``target`` refused as ``HEADER_MISMATCH`` when ``Mcp-Method``/``Mcp-Name`` do not mirror its body.
+
+    Checked only when the client sent them (a 2026-07-28 client): each at most once; ``Mcp-Method`` equal
+    to the body's method; ``Mcp-Name`` present exactly for the methods of ``NAMED_PARAMS`` (when
+    ``Mcp-Method`` is) and equal to the member it mirrors. A body refused for another reason stays refused.
+    """
+    if target.refusal is not None or not (methods or names):
+        return target
+    if len(methods) > 1 or len(names) > 1 or target.batch:  # the headers mirror one message
+        return target._replace(refusal=HEADER_MISMATCH)
+    if methods and _header_value(methods[0]) != target.method:
+        return target._replace(refusal=HEADER_MISMATCH)
+    named = target.method in NAMED_PARAMS
+    if names:
+        if not named or not isinstance(target.name, str) or _header_value(names[0]) != target.name:
+            return target._replace(refusal=HEADER_MISMATCH)
+    elif named and methods:
+        return target._replace(refusal=HEADER_MISMATCH)  # a 2026 client names what it calls
+    return target
 
 
 def rpc_target(body: bytes) -> tuple[str | None, str | None, bool]:

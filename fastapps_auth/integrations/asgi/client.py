@@ -45,6 +45,12 @@ def _in(ip: str, networks: Sequence[IPNetwork]) -> bool:
     return addr is not None and any(addr in n for n in networks)
 
 
+def peer_trusted(scope: Scope, trusted: Sequence[IPNetwork]) -> bool:
+    """True when the peer is a trusted proxy (its X-Forwarded-* headers are believed)."""
+    peer = scope.get("client")
+    return bool(trusted) and peer is not None and _in(str(peer[0]), trusted)
+
+
 def client_ip(scope: Scope, trusted: Sequence[IPNetwork]) -> str | None:
     """The client address: the peer, or, when the peer is a trusted proxy, the first untrusted X-Forwarded-For hop.
 

@@ -8,7 +8,6 @@ reported to the observers as a decision of stage ``http``.
 
 from __future__ import annotations
 
-import logging
 from typing import ClassVar
 
 from fastapps_auth.chain import VerifierChain
@@ -18,8 +17,6 @@ from fastapps_auth.integrations.asgi import body
 from fastapps_auth.request import RequestInfo
 from fastapps_auth.stage import Stage, StageOptions, Verification
 
-logger = logging.getLogger("fastapps_auth")
-
 #: The ``stage`` a refusal of the middleware's own is recorded under in the decision.
 STAGE = "http"
 
@@ -28,6 +25,7 @@ _BODY_REFUSALS = {
     body.UNDECODED: ("the body has a Content-Encoding the server does not decode", 400),
     body.TOO_LARGE: ("the body is too large", 413),
     body.BATCHED_CALL: ("tools/call cannot be batched", 400),
+    body.HEADER_MISMATCH: ("the Mcp-Method or Mcp-Name header does not match the body", 400),
 }
 
 
@@ -84,9 +82,5 @@ def refuse_anonymous(chain: VerifierChain, info: RequestInfo, rejected: Rejected
         request=info,
         started_at=chain.clock.time(),
     )
-    for observer in chain.observers:
-        try:
-            observer(decision)
-        except Exception:
-            logger.exception("observer %r failed; the decision stands", observer.name)
+    chain.notify(decision)
     return decision

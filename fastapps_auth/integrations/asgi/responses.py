@@ -10,13 +10,15 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from starlette.types import Message, Scope, Send
 
 from fastapps_auth.decision import Decision, RateLimitInfo
 from fastapps_auth.errors import retry_seconds
-from fastapps_auth.integrations.asgi.body import BATCHED_CALL, TOO_LARGE, UNDECODED, UNREADABLE
+from fastapps_auth.integrations.asgi.body import BATCHED_CALL, HEADER_MISMATCH, TOO_LARGE, UNDECODED, UNREADABLE
+from fastapps_auth.stages.dpop import DPOP_ERRORS
 
 Headers = list[tuple[bytes, bytes]]
 #: Status, headers and body of a response the middleware sends itself.
@@ -25,6 +27,8 @@ Response = tuple[int, Headers, bytes]
 #: JSON-RPC 2.0 codes: the body could not be parsed; it is not a request we pass on.
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
+#: MCP 2026-07-28: an ``Mcp-Method``/``Mcp-Name`` header that does not mirror the body (HeaderMismatch).
+HEADER_MISMATCH_ERROR = -32020
 #: A websocket message refused by the chain (JSON-RPC's server-error range); ``data`` says why.
 AUTH_ERROR = -32001
 RPC_ERRORS = {
@@ -32,6 +36,7 @@ RPC_ERRORS = {
     UNDECODED: PARSE_ERROR,
     TOO_LARGE: INVALID_REQUEST,
     BATCHED_CALL: INVALID_REQUEST,
+    HEADER_MISMATCH: HEADER_MISMATCH_ERROR,
 }
 #: The reason of a request that carried no credentials (the chain's, for an empty token).
 MISSING_TOKEN = "missing_token"
@@ -65,8 +70,14 @@ def bearer(
     scope: str | None = None,
     resource_metadata: str | None = None,
     realm: str | None = None,
+    acr_values: str | None = None,
+    max_age: int | None = None,
 ) -> Challenge:
-    """The ``Bearer`` challenge; with no ``error`` it is the bare challenge of RFC 6750 §3.1."""
+    """The ``Bearer`` challenge (RFC 6750 §3); with no ``error`` it is the challenge to a request without a token.
+
+    ``scope`` names every scope the request needs, with or without an error (MCP clients read it from the
+    first 401 to choose what to ask for); ``acr_values`` and ``max_age`` are RFC 9470's step-up parameters.
+    """
     params: list[tuple[str, str]] = []
     if realm:
         params.append(("realm", realm))
@@ -74,11 +85,40 @@ def bearer(
         params.append(("error", error))
         if description:
             params.append(("error_description", description))
-        if scope:
-            params.append(("scope", scope))
+    params.extend(_requirements(scope, acr_values, max_age))
     if resource_metadata:
         params.append(("resource_metadata", resource_metadata))
     return Challenge("Bearer", tuple(params))
+
+
+def _requirements(scope: str | None, acr_values: str | None, max_age: int | None) -> list[tuple[str, str]]:
+    params = [("scope", scope)] if scope else []
+    if acr_values:
+        params.append(("acr_values", acr_values))
+    if max_age is not None:
+        params.append(("max_age", str(max_age)))
+    return params
+
+
+def dpop(
+    algorithms: Sequence[str],
+    error: str | None = None,
+    description: str | None = None,
+    *,
+    scope: str | None = None,
+    realm: str | None = None,
+    acr_values: str | None = None,
+    max_age: int | None = None,
+) -> Challenge:
+    """The ``DPoP`` challenge (RFC 9449 §7.1): the error when it is this scheme's, and the proof algorithms accepted."""
+    params: list[tuple[str, str]] = [("realm", realm)] if realm else []
+    if error:
+        params.append(("error", error))
+        if description:
+            params.append(("error_description", description))
+    params.extend(_requirements(scope, acr_values, max_age))
+    params.append(("algs", " ".join(algorithms)))
+    return Challenge("DPoP", tuple(params))
 
 
 def challenge(
@@ -93,16 +133,56 @@ def challenge(
     return bearer(error, description, scope=scope, resource_metadata=resource_metadata, realm=realm).render()
 
 
-def challenges(decision: Decision, *, resource_metadata: str | None, realm: str | None) -> list[Challenge]:
-    """The challenges a 401 or 403 answer carries (none for other statuses)."""
+def challenges(
+    decision: Decision,
+    *,
+    resource_metadata: str | None,
+    realm: str | None,
+    dpop_algorithms: Sequence[str] = (),
+) -> list[Challenge]:
+    """The challenges a 401 or 403 answer carries (none for other statuses).
+
+    Always ``Bearer`` with ``resource_metadata`` and every scope the request needs; beside it, when the
+    chain checks DPoP (``dpop_algorithms``), ``DPoP algs="..."``. The error goes on the challenge of the
+    scheme the client used (RFC 9449 §7.1), and a DPoP proof's own errors on the DPoP one; a request
+    without credentials gets no error at all.
+    """
     if decision.status not in (401, 403):
         return []
-    if decision.reason == MISSING_TOKEN:
-        return [bearer(resource_metadata=resource_metadata, realm=realm)]
-    error = decision.error or "invalid_token"
-    scope = decision.scope if decision.status == 403 else None
-    description = decision.description or error
-    return [bearer(error, description, scope=scope, resource_metadata=resource_metadata, realm=realm)]
+    scope = decision.scope
+    error = None if decision.reason == MISSING_TOKEN else decision.error or "invalid_token"
+    description = (decision.description or error) if error else None
+    request = decision.request
+    on_dpop = (
+        bool(dpop_algorithms)
+        and error is not None
+        and (error in DPOP_ERRORS or (request is not None and request.auth_scheme == "dpop"))
+    )
+    acr, age = decision.acr_values, decision.max_age
+    found = [
+        bearer(
+            None if on_dpop else error,
+            description,
+            scope=scope,
+            resource_metadata=resource_metadata,
+            realm=realm,
+            acr_values=None if on_dpop else acr,
+            max_age=None if on_dpop else age,
+        )
+    ]
+    if dpop_algorithms:
+        found.append(
+            dpop(
+                dpop_algorithms,
+                error if on_dpop else None,
+                description,
+                scope=scope,
+                realm=realm,
+                acr_values=acr if on_dpop else None,
+                max_age=age if on_dpop else None,
+            )
+        )
+    return found
 
 
 def _seconds(value: float) -> str:
@@ -131,25 +211,40 @@ def rpc_error(request_id: Any, code: int, message: str, data: dict[str, Any] | N
 
 
 def error_body(decision: Decision) -> dict[str, Any]:
-    """The OAuth error object of a refusal (RFC 6750 §3: ``error``, ``error_description``, ``scope``)."""
+    """The OAuth error object of a refusal: RFC 6750 §3's ``error``, ``error_description`` and ``scope``
+    (on a 401 and a 403), and RFC 9470's ``acr_values`` and ``max_age`` of a step-up."""
+    scoped = decision.scope and decision.status in (401, 403)
     if decision.reason == MISSING_TOKEN:
-        return {"error_description": "authentication required"}
-    error = decision.error or ("temporarily_unavailable" if decision.status == 503 else "invalid_token")
-    body = {"error": error, "error_description": decision.description or error}
-    if decision.scope and decision.status == 403:
+        body: dict[str, Any] = {"error_description": "authentication required"}
+    else:
+        error = decision.error or ("temporarily_unavailable" if decision.status == 503 else "invalid_token")
+        body = {"error": error, "error_description": decision.description or error}
+    if scoped:
         body["scope"] = decision.scope
+    if decision.acr_values:
+        body["acr_values"] = decision.acr_values
+    if decision.max_age is not None:
+        body["max_age"] = decision.max_age
     return body
 
 
 def error_response(
-    decision: Decision | None, *, resource_metadata: str | None = None, realm: str | None = None
+    decision: Decision | None,
+    *,
+    resource_metadata: str | None = None,
+    realm: str | None = None,
+    dpop_algorithms: Sequence[str] = (),
+    dpop_nonce: str | None = None,
 ) -> Response:
     """Status, headers and body for a refused decision (``None``: no credentials were presented).
 
     A body the middleware could not read is answered as the MCP transports answer one: a JSON-RPC
-    error; every other refusal is an OAuth error object with its challenge.
+    error; every other refusal is an OAuth error object with its challenges (``challenges``).
+    ``dpop_nonce`` is sent as ``DPoP-Nonce`` (RFC 9449 §9), for the client's next proof.
     """
     headers: Headers = [_JSON, _NO_STORE]
+    if dpop_nonce:
+        headers.append((b"dpop-nonce", dpop_nonce.encode("latin-1", "replace")))
     if decision is None:
         www = bearer(resource_metadata=resource_metadata, realm=realm).render()
         headers.append((b"www-authenticate", www.encode("latin-1", "replace")))
@@ -158,7 +253,8 @@ def error_response(
     if code is not None:
         return decision.status, headers, rpc_error(None, code, decision.description or "invalid request")
     status = decision.status if decision.status in (400, 401, 403, 429, 503) else 401
-    for c in challenges(decision._replace(status=status), resource_metadata=resource_metadata, realm=realm):
+    decision = decision._replace(status=status)
+    for c in challenges(decision, resource_metadata=resource_metadata, realm=realm, dpop_algorithms=dpop_algorithms):
         headers.append((b"www-authenticate", c.render().encode("latin-1", "replace")))
     if status in (429, 503):
         retry = decision.retry_after
@@ -167,7 +263,7 @@ def error_response(
         headers.append((b"retry-after", _seconds(retry if retry is not None else 1).encode()))
     if decision.rate_limit is not None:
         headers.extend(rate_limit_headers(decision.rate_limit))
-    return status, headers, json.dumps(error_body(decision._replace(status=status))).encode()
+    return status, headers, json.dumps(error_body(decision)).encode()
 
 
 def frame_error(decision: Decision, request_id: Any) -> str:
