@@ -2,7 +2,8 @@
 
 The one place the jwt stage's key source and the introspection client find their URL: the metadata's
 ``issuer`` must equal the configured issuer exactly, and the endpoint it names must be https unless
-the issuer itself is on loopback.
+the issuer itself is on loopback, and carry no user information (``https://user:pw@host/``: httpx
+would send it as Basic credentials in place of the client's own, and it would show in every error).
 """
 
 from __future__ import annotations
@@ -13,7 +14,16 @@ from urllib.parse import urlsplit, urlunsplit
 from fastapps_auth.backends.http_json import FetchError, JSONClient
 from fastapps_auth.endpoints import check_url, is_loopback
 
-__all__ = ["discover_endpoint", "discovery_urls"]
+__all__ = ["discover_endpoint", "discovery_urls", "has_userinfo"]
+
+
+def has_userinfo(url: str) -> bool:
+    """Whether ``url`` names a user (``user@`` or ``user:password@`` before the host)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False  # not a URL: check_url refuses it
+    return "@" in parts.netloc
 
 
 def discovery_urls(issuer: str) -> list[str]:
@@ -45,6 +55,8 @@ async def discover_endpoint(http: JSONClient, issuer: str, name: str, *, allow_i
         found = meta.get(name)
         if not isinstance(found, str):
             raise FetchError(f"{url}: metadata has no {name}")
+        if has_userinfo(found):
+            raise FetchError(f"{url}: {name} holds user information (refused, not shown)")
         try:
             return check_url(
                 found, allow_insecure_http=allow_insecure_http, loopback_http=is_loopback(urlsplit(issuer).hostname)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import zlib
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import TYPE_CHECKING, Any, Protocol
@@ -65,9 +65,16 @@ class JSONClient:
         allow_insecure_http: bool = False,
         keepalive: bool = False,
         user_agent: str = "fastapps-auth",
+        max_connections: int | None = None,
+        parse: Callable[[bytes], Any] | None = None,
     ) -> None:
-        if not timeout > 0 or max_bytes < 1:
-            raise ValueError("timeout and max_bytes must be positive")
+        if not timeout > 0 or max_bytes < 1 or (max_connections is not None and max_connections < 1):
+            raise ValueError("timeout, max_bytes and max_connections must be positive")
+        #: Most connections open at once (more requests wait for one, within ``timeout``); ``None``: no bound.
+        self.max_connections = max_connections
+        #: Parses each body (e.g. ``strict_json.json_object``); a ``ValueError`` from it is "not valid JSON".
+        #: ``None``: ``json.loads`` refusing ``NaN``/``Infinity``.
+        self.parse = parse
         self.timeout = float(timeout)
         self.max_bytes = max_bytes
         self.allow_insecure_http = allow_insecure_http
@@ -147,7 +154,10 @@ class JSONClient:
         except httpx.HTTPError as exc:
             raise FetchError(f"{url}: unreachable ({type(exc).__name__})") from None
         try:
-            data = json.loads(body.decode("utf-8"), parse_constant=reject_constant)
+            if self.parse is not None:
+                data = self.parse(bytes(body))
+            else:
+                data = json.loads(body.decode("utf-8"), parse_constant=reject_constant)
         except (ValueError, RecursionError):
             raise FetchError(f"{url}: not valid JSON") from None
         return JSONResponse(resp.status_code, data, resp.headers)
@@ -165,7 +175,10 @@ class JSONClient:
             self._client = httpx.AsyncClient(
                 timeout=httpx.Timeout(self.timeout),
                 follow_redirects=False,
-                limits=httpx.Limits(max_keepalive_connections=20 if self.keepalive else 0),
+                limits=httpx.Limits(
+                    max_connections=self.max_connections,
+                    max_keepalive_connections=min(20, self.max_connections or 20) if self.keepalive else 0,
+                ),
                 # A server's cookies are neither kept nor sent back: no state, no jar growing per fetch.
                 cookies=CookieJar(DefaultCookiePolicy(allowed_domains=[])),
                 # Only what _request inflates within max_bytes (httpx would inflate a whole chunk first).

@@ -46,12 +46,26 @@ class AudienceRule:
         return self.audiences is not None or self.resource is not None
 
     def bind(self, resource_url: str, *, stage: str) -> bool:
-        """Bind to ``resource_url`` unless an audience is configured; True if the rule changed."""
+        """Bind to ``resource_url`` unless an audience is configured; True if the rule changed.
+
+        Binding again to the same resource is a no-op; to another one, a ``ConfigError``: a stage shared
+        by two servers would otherwise accept, at the first, the tokens minted for the second.
+        """
         if self.audiences is not None:
             return False  # an explicit audience wins
         if not isinstance(resource_url, str) or not resource_url:
             raise ConfigError("the resource URL must be a non-empty string", stage=stage, key="resource_url")
-        self.resource = canonical_resource(resource_url)
+        resource = canonical_resource(resource_url)
+        if self.resource == resource:
+            return False
+        if self.resource is not None:
+            raise ConfigError(
+                f"already bound to the resource {self.resource!r}, not {resource!r}: give each server its own "
+                "chain, or set audience to every resource it serves",
+                stage=stage,
+                key="resource_url",
+            )
+        self.resource = resource
         return True
 
     def warn_if_unchecked(self, logger: logging.Logger, kind: str, name: str) -> None:

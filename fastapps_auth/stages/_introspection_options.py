@@ -71,10 +71,16 @@ class IntrospectionOptions(StageOptions):
     insecure_backend: bool = Field(default=False, description="Allow redis:// (no TLS) to a host other than loopback.")
     introspect_on_jwt_failure: bool = Field(
         default=False,
-        description="Inside any-of, also introspect a token whose JWT signature an earlier alternative "
-        "refused (bad_signature, unknown_key, unsupported_algorithm).",
+        description="Inside any-of, also introspect a token an earlier jwt alternative refused: for its "
+        "signature (bad_signature, unknown_key, unsupported_algorithm) or its header or claims "
+        "(wrong_audience, expired, wrong_type, ...).",
     )
     timeout: float = Field(default=5.0, gt=0, description="Total time limit of one introspection request, seconds.")
+    max_connections: int = Field(
+        default=50,
+        ge=1,
+        description="Most introspection requests in flight at once per process; more wait for one (within timeout).",
+    )
     max_response_bytes: int = Field(default=65536, gt=0, description="Largest introspection response accepted, bytes.")
     max_token_bytes: int = Field(
         default=16384, gt=0, le=65536, description="Longer tokens are rejected without a request."

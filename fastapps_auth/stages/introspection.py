@@ -11,11 +11,15 @@ A cached answer means a token revoked meanwhile is still accepted until the entr
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
+import re
 import secrets
 from dataclasses import replace
 from typing import Any, ClassVar
 
+from fastapps_auth.backends.discovery import has_userinfo
 from fastapps_auth.backends.http_json import FetchError
 from fastapps_auth.backends.introspection import IntrospectionClient, SharedAnswers
 from fastapps_auth.backends.redis_client import parse_redis_url
@@ -30,7 +34,7 @@ from fastapps_auth.stages._audience import AudienceRule, configured_audiences
 from fastapps_auth.stages._introspection_answer import Answer, AnswerRules, MalformedAnswer
 from fastapps_auth.stages._introspection_options import IntrospectionOptions
 
-__all__ = ["JWT_SIGNATURE_FAILURES", "IntrospectionOptions", "IntrospectionStage"]
+__all__ = ["JWT_CLAIM_FAILURES", "JWT_SIGNATURE_FAILURES", "IntrospectionOptions", "IntrospectionStage"]
 
 logger = logging.getLogger("fastapps_auth.introspection")
 
@@ -38,6 +42,27 @@ logger = logging.getLogger("fastapps_auth.introspection")
 #: a token an earlier alternative refused for one of these is not sent to introspection (unless
 #: ``introspect_on_jwt_failure``): a forged JWT would cost the authorization server a request each.
 JWT_SIGNATURE_FAILURES = frozenset({"bad_signature", "unknown_key", "unsupported_algorithm"})
+
+#: A jwt stage's reasons for a JWT whose header or claims it refused (its signature verified, or was
+#: never reached). Not sent to introspection either (unless ``introspect_on_jwt_failure``): the
+#: issuer would say "active" about its own JWT, and an introspection stage with a looser rule (another
+#: audience, none) would accept what the jwt stage refused: a token for another API, an ID token.
+JWT_CLAIM_FAILURES = frozenset(
+    {
+        "expired",
+        "not_yet_valid",
+        "issued_in_future",
+        "missing_claim",
+        "bad_claim",
+        "wrong_issuer",
+        "wrong_audience",
+        "wrong_type",
+        "unknown_critical_header",
+    }
+)
+
+#: RFC 6750 §2.1 ``b64token``: what a bearer token is made of. Anything else is refused without a request.
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 
 
 class IntrospectionStage(Stage[IntrospectionOptions]):
@@ -93,11 +118,12 @@ class IntrospectionStage(Stage[IntrospectionOptions]):
             timeout=o.timeout,
             max_bytes=o.max_response_bytes,
             allow_insecure_http=o.allow_insecure_http,
+            max_connections=o.max_connections,
         )
         # With max_entries = 0 nothing is kept, but concurrent lookups of one token still share a request.
         self._cache: TTLCache[bytes, Answer] = TTLCache(max(1, o.max_entries), clock=self.clock)
         self._keep = o.max_entries > 0
-        self._shared = self._open_shared(o)
+        self._shared = self._open_shared(o, secret)
         self._shared_failing = False
 
     # -- construction -----------------------------------------------------------------------------
@@ -107,20 +133,31 @@ class IntrospectionStage(Stage[IntrospectionOptions]):
         url, key = (o.introspection_url, "introspection_url") if o.introspection_url else (o.issuer_url, "issuer_url")
         if url is None:
             raise ConfigError("set introspection_url, or issuer_url to discover it", stage=self.name, key=key)
+        if has_userinfo(url):
+            raise ConfigError(
+                "the URL must not hold user information (user:password@): set client_id and client_secret",
+                stage=self.name,
+                key=key,
+            )
         try:
             check_url(url, allow_insecure_http=o.allow_insecure_http)
         except ValueError as exc:
             raise ConfigError(str(exc), stage=self.name, key=key) from None
         return o.introspection_url
 
-    def _open_shared(self, o: IntrospectionOptions) -> SharedAnswers | None:
+    def _open_shared(self, o: IntrospectionOptions, secret: str) -> SharedAnswers | None:
         if o.cache is None:
             return None
-        # Answers of one authorization server only: another server's answer about the same string is not this one's.
+        # Answers of one authorization server to one client only: another server's answer about the same
+        # string is not this one's, and a server may answer each client differently (RFC 7662 §2.2).
         server = fingerprint(o.introspection_url or o.issuer_url or "")
+        client = fingerprint(o.client_id)
+        # Entries are authenticated with a key only holders of the client secret can derive: whoever else
+        # writes to the Redis can delete an entry (the token is asked again), never forge or alter one.
+        key = hmac.new(secret.encode(), b"fastapps-auth introspection cache v1", hashlib.sha256).digest()
         try:
             url = parse_redis_url(o.cache, allow_plaintext=o.insecure_backend)
-            return SharedAnswers(url, prefix=f"{o.cache_prefix}:{server}", timeout=o.cache_timeout)
+            return SharedAnswers(url, prefix=f"{o.cache_prefix}:{server}:{client}", key=key, timeout=o.cache_timeout)
         except ValueError as exc:
             raise ConfigError(str(exc), stage=self.name, key="cache") from None
 
@@ -132,10 +169,16 @@ class IntrospectionStage(Stage[IntrospectionOptions]):
         if self.check_only:
             if v.access_token is None:
                 raise Rejected("unauthenticated", "no stage authenticated the token")
-        elif not self.options.introspect_on_jwt_failure and _jwt_signature_refused(v):
-            raise Rejected("jwt_signature_failed", "the token is a JWT whose signature failed")
+        elif not self.options.introspect_on_jwt_failure:
+            refused = _jwt_refused(v)
+            if refused in JWT_SIGNATURE_FAILURES:
+                raise Rejected("jwt_signature_failed", "the token is a JWT whose signature failed")
+            if refused is not None:
+                raise Rejected("jwt_refused", "the token is a JWT that an earlier alternative refused")
         if len(v.token) > self.options.max_token_bytes:
             raise Rejected("token_too_large", "the token is too large")
+        if _B64TOKEN.fullmatch(v.token) is None:
+            raise Rejected("malformed", "the token is not an RFC 6750 bearer token")
         found, answer = self._cache.get(v.digest)
         if found:
             v.cache_hit = True
@@ -272,7 +315,9 @@ class IntrospectionStage(Stage[IntrospectionOptions]):
         self._cache.clear()
 
 
-def _jwt_signature_refused(v: Verification) -> bool:
-    """True if an earlier alternative (in an any-of) refused this token's JWT signature."""
-    trace = v.trace
-    return bool(trace) and any(t.outcome == "rejected" and t.reason in JWT_SIGNATURE_FAILURES for t in trace)
+def _jwt_refused(v: Verification) -> str | None:
+    """The reason an earlier alternative (in an any-of) refused this token as a JWT, if one did."""
+    for t in v.trace:
+        if t.outcome == "rejected" and (t.reason in JWT_SIGNATURE_FAILURES or t.reason in JWT_CLAIM_FAILURES):
+            return t.reason
+    return None

@@ -24,6 +24,20 @@ def opaque_issuer(**options: Any) -> Iterator[RunningIssuer]:
         issuer.stop()
 
 
+#: The client secret of ``stage_at``'s stages: a test may look for it where it must not be.
+SECRET = "s3cr3t-never-shown"
+
+#: A well-formed active answer for ``stage_at``'s stages (audience ``api``).
+GOOD: dict[str, Any] = {"active": True, "sub": "alice", "client_id": "app", "aud": "api", "scope": "read"}
+
+
+def stage_at(url: str, **options: Any) -> IntrospectionStage:
+    """The introspection stage for the endpoint ``url`` (client ``rs``, ``SECRET``, audience ``api``)."""
+    options.setdefault("audience", "api")
+    options.setdefault("client_id", "rs")
+    return IntrospectionStage(introspection_url=url, client_secret=SECRET, **options)
+
+
 def now_clock() -> ManualClock:
     """A manual clock at the real time: the dev issuer's tokens are valid on it until it is advanced."""
     return ManualClock(time.time())

@@ -7,7 +7,11 @@ flight however many tokens wait for it) and backs off after a failure. Requests 
 ``JSONClient`` (https except loopback, bounded body, one time limit, no redirects), authenticate
 the client with ``client_secret_basic`` or ``client_secret_post``, and send
 ``token_type_hint=access_token``. Anything but HTTP 200 with a JSON object whose ``active`` is a
-boolean is a ``FetchError``: it says nothing about the token.
+boolean is a ``FetchError``: it says nothing about the token. So is an answer that ``strict_json``
+refuses: one that two readers could read differently (a member name twice, at any depth:
+``{"active": false, "active": true}``), or that no encoder can write back (a lone UTF-16 surrogate).
+At most ``max_connections`` requests are in flight at once; a member whose value is the token itself
+(an endpoint that echoes it) is dropped.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from fastapps_auth.backends.client_auth import client_authentication
 from fastapps_auth.backends.discovery import discover_endpoint
 from fastapps_auth.backends.http_json import FetchError, JSONClient
 from fastapps_auth.clock import Clock
+from fastapps_auth.strict_json import json_object
 
 #: Longest wait before discovery is tried again after it failed, seconds (it doubles from 1 s).
 MAX_DISCOVERY_BACKOFF = 60.0
@@ -40,6 +45,7 @@ class IntrospectionClient:
         timeout: float = 5.0,
         max_bytes: int = 65536,
         allow_insecure_http: bool = False,
+        max_connections: int = 50,
     ) -> None:
         if endpoint is None and issuer is None:
             raise ValueError("an introspection client needs the endpoint or an issuer to discover it from")
@@ -48,7 +54,12 @@ class IntrospectionClient:
         self.clock = clock
         self.allow_insecure_http = allow_insecure_http
         self.http = JSONClient(
-            timeout=timeout, max_bytes=max_bytes, allow_insecure_http=allow_insecure_http, keepalive=True
+            timeout=timeout,
+            max_bytes=max_bytes,
+            allow_insecure_http=allow_insecure_http,
+            keepalive=True,
+            max_connections=max_connections,
+            parse=json_object,  # no member name twice (readers would disagree), no lone surrogate
         )
         form, self._headers = client_authentication(client_id, client_secret, auth_method)
         self._form: dict[str, str] = {"token_type_hint": "access_token", **form}
@@ -66,6 +77,8 @@ class IntrospectionClient:
             raise FetchError(f"{url}: the answer is not a JSON object")
         if type(data.get("active")) is not bool:
             raise FetchError(f"{url}: the answer has no boolean 'active'")
+        if token in data.values():
+            data = {k: v for k, v in data.items() if v != token}
         return data
 
     async def discover(self) -> str:
