@@ -29,6 +29,12 @@ STRATEGIES: tuple[Strategy, ...] = ("exact", "hierarchic", "wildcard")
 SEPARATORS = (":", ".")
 
 
+def split_scope(value: str) -> list[str]:
+    """The scopes of an RFC 6749 ``scope`` string: delimited by spaces (U+0020) only, so a token's
+    ``"read\u00a0admin"`` is one odd scope, not ``read`` and ``admin`` (``str.split()`` cuts at any whitespace)."""
+    return [s for s in value.split(" ") if s]
+
+
 def check_scope_names(scopes: Iterable[str], *, key: str, stage: str | None = None) -> None:
     """``ConfigError`` for a scope that cannot be sent in a ``WWW-Authenticate`` header (empty, space, quote)."""
     for s in scopes:

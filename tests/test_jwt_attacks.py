@@ -325,3 +325,17 @@ async def test_a_lone_surrogate_in_the_header_is_malformed(clock: ManualClock) -
     si = f"{b64(header)}.{b64json(claims(clock.time(), iss=ISS))}"
     d = await evaluate(rs_stage(clock), f"{si}.{b64(key.sign_bytes(si.encode()))}")
     assert (d.allowed, d.reason) == (False, "malformed")
+
+
+# -- scope claims ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("space", ["\u00a0", "\t", "\n", "\u2003", "\u3000"])
+async def test_scopes_are_delimited_by_spaces_only(clock: ManualClock, space: str) -> None:
+    """RFC 6749 §3.3: a scope string is delimited by U+0020; any other whitespace is part of a scope."""
+    st = rs_stage(clock, required_scopes=["admin"])
+    token = signing_key("RS256").token(claims(clock.time(), iss=ISS, scope=f"read{space}admin"))
+    d = await evaluate(st, token)
+    assert not d.allowed and d.reason == "insufficient_scope"
+    ok = await evaluate(rs_stage(clock), token)
+    assert ok.allowed and ok.access_token is not None and ok.access_token.scopes == [f"read{space}admin"]

@@ -112,3 +112,10 @@ async def test_granted_scopes_are_the_union_over_the_closure(roles: list[str]) -
     assert v.access_token is not None
     assert set(v.access_token.scopes) == expected
     assert len(v.access_token.scopes) == len(set(v.access_token.scopes))
+
+
+async def test_a_roles_string_is_cut_at_commas_and_spaces_only() -> None:
+    """``"viewer\u00a0admin"`` is one unknown role, not ``admin``: only commas and U+0020 delimit."""
+    v = verification({"roles": "viewer\u00a0admin"})
+    await RolesStage(hierarchy=HIERARCHY, scopes=SCOPES)(v)
+    assert v.access_token is not None and "users:manage" not in v.access_token.scopes

@@ -212,6 +212,9 @@ STEP_UP = {"transfer": {"scopes": ["payments"], "acr_values": ["mfa", "hwk"], "m
         {"acr": "mfa", "auth_time": "yesterday"},
         {"acr": "mfa", "auth_time": True},
         {"acr": "mfa", "auth_time": 1_000_000 - 301},  # too long ago
+        {"acr": "mfa", "auth_time": 1_000_000 + 3600},  # in the future: an hour beyond any clock skew
+        {"acr": "mfa", "auth_time": float("inf")},  # JSON's 1e400
+        {"acr": "mfa", "auth_time": float("nan")},
         {"acr": ["mfa"], "auth_time": 1_000_000 - 60},  # acr is a string, never a list
     ],
 )

@@ -16,6 +16,7 @@ from typing import Any
 
 from fastapps_auth.access_token import AccessToken
 from fastapps_auth.errors import Rejected
+from fastapps_auth.scope_policy import split_scope
 from fastapps_auth.stages._audience import AudienceRule
 
 #: Time claims beyond this (either way) are not times (as in the jwt stage's claims).
@@ -120,7 +121,7 @@ class AnswerRules:
         if not client_id:
             return Answer(until, reason="missing_claim", description="the answer names neither client_id nor sub")
         scope = _string(data, "scope")
-        scopes = list(dict.fromkeys(s for s in scope.split(" ") if s)) if scope else []
+        scopes = list(dict.fromkeys(split_scope(scope))) if scope else []
         missing = tuple(s for s in self.required if s not in scopes)
         at = AccessToken(
             token=token,

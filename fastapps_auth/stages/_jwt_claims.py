@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapps_auth.access_token import AccessToken
 from fastapps_auth.errors import Rejected
+from fastapps_auth.scope_policy import split_scope
 from fastapps_auth.stages._audience import AudienceRule
 
 _MISSING: Any = object()
@@ -104,7 +105,7 @@ def _scopes(p: dict[str, Any]) -> list[str]:
         if value is None:
             continue
         if type(value) is str:
-            out += value.split()
+            out += split_scope(value)
             continue
         if type(value) is list:
             for s in value:

@@ -15,6 +15,7 @@ from pydantic import Field
 from fastapps_auth.clock import Clock
 from fastapps_auth.component import ComponentOptions
 from fastapps_auth.errors import ConfigError, Rejected
+from fastapps_auth.scope_policy import split_scope
 from fastapps_auth.stage import Stage, StageOptions, Verification
 
 #: Roles read from one token at most (bounds per-request work on a hostile claim).
@@ -87,7 +88,7 @@ class RolesStage(Stage[RolesOptions]):
 
     def _roles(self, value: Any) -> list[str]:
         if isinstance(value, str):
-            items: list[Any] = value.replace(",", " ").split()
+            items: list[Any] = split_scope(value.replace(",", " "))
         elif isinstance(value, list | tuple):
             items = list(value)
         else:

@@ -24,6 +24,8 @@ __all__ = ["ScopePolicy", "ScopesOptions", "ScopesStage", "ToolRule"]
 
 #: Characters of a tool name the HTTP middleware reads from a ``tools/call`` (it cuts longer names).
 MAX_TOOL_NAME_CHARS = MAX_RPC_NAME_CHARS
+#: Seconds an ``auth_time`` may lie in the future (the issuer's clock ahead of ours) and still count as now.
+AUTH_TIME_SKEW = 30.0
 
 
 class ToolRule(BaseModel):
@@ -97,7 +99,8 @@ class _Tool:
             auth_time = claims.get("auth_time")
             if isinstance(auth_time, bool) or not isinstance(auth_time, int | float):
                 return True
-            if now - auth_time > self.max_age:
+            # Not a time at all (inf, nan), too old, or later than now beyond clock skew: it proves nothing.
+            if not now - self.max_age <= auth_time <= now + AUTH_TIME_SKEW:
                 return True
         return False
 
