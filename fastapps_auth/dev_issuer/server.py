@@ -83,7 +83,7 @@ class BackgroundServer:
             ssl_keyfile=ssl_keyfile,
         )
         self._server = uvicorn.Server(self._config)
-        self._thread: threading.Thread | None = None
+        self._worker: threading.Thread | None = None
         self._timeout = startup_timeout
         self._error: BaseException | None = None
         self._on_stop = tuple(on_stop)
@@ -107,13 +107,13 @@ class BackgroundServer:
 
     def start(self) -> BackgroundServer:
         """Start serving; returns once uvicorn accepts connections (at once if it already does)."""
-        if self._thread is not None and self._thread.is_alive():
+        if self._worker is not None and self._worker.is_alive():
             return self  # a second thread would serve the same socket with the same server object
-        self._thread = threading.Thread(target=self._run, name=f"uvicorn:{self.port}", daemon=True)
-        self._thread.start()
+        self._worker = threading.Thread(target=self._run, name=f"uvicorn:{self.port}", daemon=True)
+        self._worker.start()
         done = threading.Event()
         for _ in range(int(self._timeout / 0.01)):
-            if self._server.started or not self._thread.is_alive():
+            if self._server.started or not self._worker.is_alive():
                 break
             done.wait(0.01)
         if not self._server.started:
@@ -124,9 +124,9 @@ class BackgroundServer:
     def stop(self) -> None:
         """Stop serving and wait for the thread (idempotent)."""
         self._server.should_exit = True
-        if self._thread is not None and self._thread.is_alive():
-            self._thread.join(timeout=self._timeout)
-        self._thread = None
+        if self._worker is not None and self._worker.is_alive():
+            self._worker.join(timeout=self._timeout)
+        self._worker = None
         self._sock.close()
 
     def __enter__(self) -> BackgroundServer:
