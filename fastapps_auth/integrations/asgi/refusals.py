@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from fastapps_auth.chain import VerifierChain
-from fastapps_auth.decision import Decision
+from fastapps_auth.decision import Decision, decide
 from fastapps_auth.errors import Rejected
 from fastapps_auth.integrations.asgi import body
 from fastapps_auth.request import RequestInfo
@@ -71,16 +71,7 @@ async def refuse_after_checking(chain: VerifierChain, token: str, info: RequestI
 
 def refuse_anonymous(chain: VerifierChain, info: RequestInfo, rejected: Rejected) -> Decision:
     """The decision for an anonymous request refused by the middleware, reported to ``chain``'s observers."""
-    decision = Decision(
-        allowed=False,
-        access_token=None,
-        status=rejected.status,
-        stage=STAGE,
-        reason=rejected.reason,
-        error=rejected.error,
-        description=rejected.description,
-        request=info,
-        started_at=chain.clock.time(),
-    )
+    rejected.stage = STAGE
+    decision = decide(rejected, access_token=None, trace=(), request=info, started_at=chain.clock.time())
     chain.notify(decision)
     return decision
